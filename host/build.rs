@@ -1,0 +1,61 @@
+//! Bundles `content/` (the dr-provision content pack) into one YAML document at build
+//! time, so `define` carries it without reading files at run time, and a malformed
+//! content file fails the build instead of a customer's install.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde_yaml::{Mapping, Value};
+
+fn main() {
+    let content = Path::new(env!("CARGO_MANIFEST_DIR")).join("../content");
+    println!("cargo:rerun-if-changed={}", content.display());
+    let bundle = bundle(&content).unwrap_or_else(|e| panic!("content/: {e}"));
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    fs::write(out.join("content.yaml"), bundle).expect("write content bundle");
+}
+
+fn bundle(dir: &Path) -> Result<String, String> {
+    let meta = read_yaml(&dir.join("meta.yaml"))?;
+    let mut sections: BTreeMap<String, Mapping> = BTreeMap::new();
+    let mut kinds: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| e.to_string())?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    kinds.sort();
+    for kind_dir in kinds {
+        println!("cargo:rerun-if-changed={}", kind_dir.display());
+        let kind = kind_dir.file_name().and_then(|n| n.to_str()).ok_or("bad dir name")?.to_string();
+        let mut files: Vec<PathBuf> = fs::read_dir(&kind_dir)
+            .map_err(|e| e.to_string())?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        files.sort();
+        for file in files {
+            println!("cargo:rerun-if-changed={}", file.display());
+            let object = read_yaml(&file)?;
+            let name = object
+                .get("Name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("{} has no Name", file.display()))?
+                .to_string();
+            let section = sections.entry(kind.clone()).or_default();
+            if section.insert(Value::String(name.clone()), object).is_some() {
+                return Err(format!("{kind}/{name} is defined twice"));
+            }
+        }
+    }
+    let mut root = Mapping::new();
+    root.insert("meta".into(), meta);
+    let sections: Mapping = sections.into_iter().map(|(k, v)| (Value::String(k), Value::Mapping(v))).collect();
+    root.insert("sections".into(), Value::Mapping(sections));
+    serde_yaml::to_string(&root).map_err(|e| e.to_string())
+}
+
+fn read_yaml(path: &Path) -> Result<Value, String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}

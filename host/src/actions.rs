@@ -1,0 +1,214 @@
+//! The plugin's actions (SPEC §2 table): decode params, pick the engine, run, and turn
+//! every failure into an Error with an HTTP code and a message that says what and where.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::agents::{self, Agent, AgentError};
+use crate::api_error::ApiError;
+use crate::drp::{Context, Machine};
+use crate::engine::{Engine, EngineError};
+use crate::images::ImageError;
+use crate::params::{self, ParamError};
+use crate::plugin::Plugin;
+use crate::reconciler::Reconciler;
+use crate::registry::UnknownEngine;
+
+/// The body of `/api-plugin/v4/action`.
+#[derive(Debug, Deserialize)]
+pub struct Action {
+    #[serde(rename = "Command")]
+    pub command: String,
+    #[serde(rename = "Model", default)]
+    pub model: Value,
+    #[serde(rename = "Params", default)]
+    pub params: Value,
+}
+
+pub async fn run(plugin: &Arc<Plugin>, reconciler: &Arc<Reconciler>, action: Action) -> Result<Value, ApiError> {
+    let empty = Map::new();
+    let params = match &action.params {
+        Value::Null => &empty,
+        other => params::as_object(other).map_err(|e| ApiError::bad_request(e.to_string()))?,
+    };
+    let context = |e: ApiError| e.in_action(&action.command);
+    match action.command.as_str() {
+        "imageUpload" => image_upload(plugin, params).await,
+        "imageExists" => image_exists(plugin, params).await,
+        "imageRemove" => image_remove(plugin, params).await,
+        "agentStart" => agent_start(plugin, reconciler, &action.model, params).await,
+        "agentStop" => agent_stop(plugin, reconciler, &action.model, params).await,
+        "enginesList" => Ok(json!(plugin.registry.status().await)),
+        "agentStatus" => Ok(reconciler.summary()),
+        other => Err(ApiError::new(
+            404,
+            format!(
+                "unknown action '{other}'; this plugin offers imageUpload, imageExists, imageRemove, agentStart, agentStop, enginesList, agentStatus"
+            ),
+        )),
+    }
+    .map_err(context)
+}
+
+fn engine(plugin: &Plugin, params: &Map<String, Value>, fallback: Option<String>) -> Result<Arc<dyn Engine>, ApiError> {
+    let name = match params::optional_string(params, params::ENGINE)? {
+        Some(name) => name,
+        None => fallback.unwrap_or_else(|| plugin.settings().default_engine.clone()),
+    };
+    Ok(plugin.registry.get(&name)?)
+}
+
+async fn image_upload(plugin: &Plugin, params: &Map<String, Value>) -> Result<Value, ApiError> {
+    let image = params::required_string(params, params::IMAGE_NAME)?;
+    let path = params::required_string(params, params::IMAGE_PATH)?;
+    let engine = engine(plugin, params, None)?;
+    let source = plugin.images.resolve(&path)?;
+    plugin.images.load(engine, &image, source, None).await?;
+    Ok(Value::Bool(true))
+}
+
+async fn image_exists(plugin: &Plugin, params: &Map<String, Value>) -> Result<Value, ApiError> {
+    let image = params::required_string(params, params::IMAGE_NAME)?;
+    let engine = engine(plugin, params, None)?;
+    Ok(Value::Bool(engine.image_id(&image).await?.is_some()))
+}
+
+async fn image_remove(plugin: &Plugin, params: &Map<String, Value>) -> Result<Value, ApiError> {
+    let image = params::required_string(params, params::IMAGE_NAME)?;
+    let engine = engine(plugin, params, None)?;
+    engine.image_remove(&image).await?;
+    Ok(Value::Bool(true))
+}
+
+fn machine_of(model: &Value) -> Result<Machine, ApiError> {
+    let machine: Machine = serde_json::from_value(model.clone())
+        .map_err(|e| ApiError::bad_request(format!("the action's Model is not a machine: {e}")))?;
+    if machine.uuid.is_empty() {
+        return Err(ApiError::bad_request("the action's Model has no Uuid: machine actions need the machine object"));
+    }
+    Ok(machine)
+}
+
+async fn agent_start(
+    plugin: &Plugin,
+    reconciler: &Reconciler,
+    model: &Value,
+    params: &Map<String, Value>,
+) -> Result<Value, ApiError> {
+    let machine = machine_of(model)?;
+    let context_name = params::required_string(params, params::CONTEXT_NAME)?;
+    let image = params::required_string(params, params::IMAGE_NAME)?;
+    // The Context's Meta (engine, Imagepull, Checksum) applies when it is known; the
+    // action's image wins, as dr-provision sends the one it wants.
+    let known = reconciler.context(&context_name).unwrap_or_else(|| Context {
+        name: context_name.clone(),
+        ..Context::default()
+    });
+    let context = Context { image, ..known };
+    let settings = plugin.settings();
+    let engine_name = match params::optional_string(params, params::ENGINE)? {
+        Some(name) => name,
+        None => agents::engine_for(&context, &settings.default_engine),
+    };
+    plugin.registry.get(&engine_name)?;
+    let agent = Agent::new(&machine.uuid, &context, &engine_name)?;
+    let _machine = reconciler.lock_machine(&machine.uuid).await;
+    let info = reconciler.start(&agent, &context).await.map_err(|e| ApiError::new(502, e))?;
+    Ok(json!({
+        "Name": agent.name,
+        "Id": info.id,
+        "Machine": agent.machine,
+        "Context": agent.context,
+        "Engine": agent.engine,
+        "Image": agent.image,
+    }))
+}
+
+async fn agent_stop(
+    plugin: &Plugin,
+    reconciler: &Reconciler,
+    model: &Value,
+    params: &Map<String, Value>,
+) -> Result<Value, ApiError> {
+    let machine = machine_of(model)?;
+    let context_name = params::required_string(params, params::CONTEXT_NAME)?;
+    let name = agents::agent_name(&context_name, &machine.uuid)?;
+    let _machine = reconciler.lock_machine(&machine.uuid).await;
+    let engine_name = match params::optional_string(params, params::ENGINE)? {
+        Some(name) => name,
+        None => reconciler
+            .agents_of(&machine.uuid)
+            .into_iter()
+            .find(|a| a.name == name)
+            .map(|a| a.engine)
+            .or_else(|| {
+                reconciler
+                    .context(&context_name)
+                    .map(|c| agents::engine_for(&c, &plugin.settings().default_engine))
+            })
+            .unwrap_or_else(|| plugin.settings().default_engine.clone()),
+    };
+    plugin.registry.get(&engine_name)?;
+    let agent = Agent {
+        machine: machine.uuid.clone(),
+        context: context_name,
+        engine: engine_name,
+        name,
+        image: String::new(),
+    };
+    reconciler.stop(&agent).await.map_err(|e| ApiError::new(502, e))?;
+    Ok(Value::Bool(true))
+}
+
+impl From<ParamError> for ApiError {
+    fn from(e: ParamError) -> ApiError {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
+impl From<UnknownEngine> for ApiError {
+    fn from(e: UnknownEngine) -> ApiError {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        ApiError::new(engine_error_code(&e), e.to_string())
+    }
+}
+
+fn engine_error_code(e: &EngineError) -> u16 {
+    match e {
+        EngineError::Unreachable { .. } => 503,
+        EngineError::ImageMissing { .. } => 404,
+        EngineError::BadArchive { .. } | EngineError::Rejected { .. } => 422,
+        EngineError::Failed { .. } => 500,
+    }
+}
+
+impl From<ImageError> for ApiError {
+    fn from(e: ImageError) -> ApiError {
+        let code = image_error_code(&e);
+        ApiError::new(code, e.to_string())
+    }
+}
+
+fn image_error_code(e: &ImageError) -> u16 {
+    match e {
+        ImageError::BadPath { .. } | ImageError::BadChecksum(_) => 400,
+        ImageError::Download { .. } => 502,
+        ImageError::Read { .. } => 404,
+        ImageError::ChecksumMismatch { .. } => 422,
+        ImageError::Engine(engine) => engine_error_code(engine),
+        ImageError::Shared(inner) => image_error_code(inner),
+    }
+}
+
+impl From<AgentError> for ApiError {
+    fn from(e: AgentError) -> ApiError {
+        ApiError::bad_request(e.to_string())
+    }
+}

@@ -1,0 +1,106 @@
+//! The one seam every engine plugs into. The reconciler, the actions and the image
+//! loader speak only this trait; Docker, Podman and WASM engines implement it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::Serialize;
+
+/// An image archive as a stream of chunks, already decompressed. Engines must consume it
+/// incrementally: archives can be gigabytes.
+pub type ArchiveStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// Labels put on every agent; reconciliation and adoption find agents by them.
+pub mod labels {
+    pub const MACHINE: &str = "drp.machine";
+    pub const CONTEXT: &str = "drp.context";
+    pub const PLUGIN: &str = "drp.plugin";
+    pub const ENGINE: &str = "drp.engine";
+    /// The image reference the agent was started from, as the Context named it (the
+    /// runtime may normalise its own copy, e.g. Podman's `localhost/` prefix).
+    pub const IMAGE: &str = "drp.image";
+}
+
+/// Everything an engine needs to run one agent. Built by [`crate::agents`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSpec {
+    pub name: String,
+    pub image: String,
+    pub env: Vec<(String, String)>,
+    pub labels: BTreeMap<String, String>,
+    /// Network mode, e.g. `host`.
+    pub network: String,
+    /// When set: bind-mount this host file read-only at `/usr/bin/drpcli` and run it as
+    /// the entrypoint; otherwise the image's own entrypoint runs.
+    pub drpcli: Option<PathBuf>,
+}
+
+/// An agent as the engine sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentInfo {
+    pub name: String,
+    pub id: String,
+    pub running: bool,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl AgentInfo {
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+}
+
+/// What an engine says about itself, for `enginesList`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineInfo {
+    pub name: String,
+    pub kind: &'static str,
+    pub version: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("engine '{engine}' cannot reach its runtime at {address}: {cause}")]
+    Unreachable {
+        engine: String,
+        address: String,
+        cause: String,
+    },
+    #[error("engine '{engine}': image '{image}' is not present")]
+    ImageMissing { engine: String, image: String },
+    #[error("engine '{engine}' rejected the image archive: {cause}")]
+    BadArchive { engine: String, cause: String },
+    #[error("engine '{engine}' refused the request: {cause}")]
+    Rejected { engine: String, cause: String },
+    #[error("engine '{engine}' failed: {cause}")]
+    Failed { engine: String, cause: String },
+}
+
+/// An image/agent lifecycle provider. Every method is idempotent where the contract
+/// says so: starting a running agent, stopping a missing one, removing a missing image.
+#[async_trait]
+pub trait Engine: Send + Sync {
+    fn name(&self) -> &str;
+    /// `native/docker`, `native/podman`, `wasm`, …: where the engine comes from.
+    fn kind(&self) -> &'static str;
+    async fn info(&self) -> Result<EngineInfo, EngineError>;
+    /// The image's id, or `None` when the runtime does not have it.
+    async fn image_id(&self, image: &str) -> Result<Option<String>, EngineError>;
+    /// Load a `docker save`/OCI archive and make `image` name the image it holds.
+    async fn image_load(&self, image: &str, archive: ArchiveStream) -> Result<(), EngineError>;
+    /// Give the image `source` the additional name `target`.
+    async fn image_tag(&self, source: &str, target: &str) -> Result<(), EngineError>;
+    /// Returns whether an image was removed (false: it was absent).
+    async fn image_remove(&self, image: &str) -> Result<bool, EngineError>;
+    /// Start the agent; an agent of that name already running from the same image is
+    /// adopted as it is.
+    async fn agent_start(&self, spec: &AgentSpec) -> Result<AgentInfo, EngineError>;
+    /// Stop and remove the agent; returns whether one existed.
+    async fn agent_stop(&self, name: &str) -> Result<bool, EngineError>;
+    /// Agents carrying all the given labels, running or not.
+    async fn agent_list(&self, labels: &[(&str, &str)]) -> Result<Vec<AgentInfo>, EngineError>;
+}

@@ -1,0 +1,434 @@
+//! Native engines over the Docker Engine API, through bollard: `docker` against dockerd,
+//! `podman` against Podman's Docker-compatible API (same socket as its libpod API).
+//!
+//! Podman is driven through its compat API rather than the `podman-api` crate: that
+//! crate is unmaintained, pulls a second hyper stack, and is reported broken on Podman 5
+//! (vv9k/podman-api-rs#169), while the compat API is served by Podman 4 and 5 alike.
+
+
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ImportImageOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
+    TagImageOptionsBuilder,
+};
+use futures_util::StreamExt;
+use tokio::sync::OnceCell;
+
+use super::container_list;
+use crate::engine::{AgentInfo, AgentSpec, ArchiveStream, Engine, EngineError, EngineInfo};
+
+/// Long enough for a multi-gigabyte image load; bollard applies it per request.
+const REQUEST_TIMEOUT_SECS: u64 = 900;
+/// Grace period for `processjobs` to finish its current step before it is killed.
+const STOP_GRACE_SECS: i32 = 10;
+const DRPCLI_IN_AGENT: &str = "/usr/bin/drpcli";
+const AGENT_PATH: &str = "PATH=/bin:/usr/bin:/usr/local/bin:/sbin:/usr/sbin:/usr/local/sbin";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Docker,
+    Podman,
+}
+
+impl Flavor {
+    pub fn default_host(self) -> &'static str {
+        match self {
+            Flavor::Docker => "unix:///var/run/docker.sock",
+            Flavor::Podman => "unix:///run/podman/podman.sock",
+        }
+    }
+    fn kind(self) -> &'static str {
+        match self {
+            Flavor::Docker => "native/docker",
+            Flavor::Podman => "native/podman",
+        }
+    }
+}
+
+pub struct RuntimeApiEngine {
+    name: String,
+    flavor: Flavor,
+    host: String,
+    /// Connected lazily: the runtime may come up after the plugin, and a failed
+    /// negotiation must be retried on the next call, not cached.
+    client: OnceCell<Docker>,
+}
+
+impl RuntimeApiEngine {
+    pub fn new(name: &str, flavor: Flavor, host: Option<&str>) -> Self {
+        RuntimeApiEngine {
+            name: name.to_string(),
+            flavor,
+            host: host.unwrap_or(flavor.default_host()).to_string(),
+            client: OnceCell::new(),
+        }
+    }
+
+    async fn client(&self) -> Result<&Docker, EngineError> {
+        self.client
+            .get_or_try_init(|| async {
+                let docker = self.connect().map_err(|e| self.unreachable(&e))?;
+                docker.negotiate_version().await.map_err(|e| self.unreachable(&e))
+            })
+            .await
+    }
+
+    fn connect(&self) -> Result<Docker, BollardError> {
+        let version = bollard::API_DEFAULT_VERSION;
+        if self.host.starts_with("tcp://") || self.host.starts_with("http://") {
+            Docker::connect_with_http(&self.host, REQUEST_TIMEOUT_SECS, version)
+        } else {
+            Docker::connect_with_unix(&self.host, REQUEST_TIMEOUT_SECS, version)
+        }
+    }
+
+    fn unreachable(&self, e: &BollardError) -> EngineError {
+        EngineError::Unreachable {
+            engine: self.name.clone(),
+            address: self.host.clone(),
+            cause: e.to_string(),
+        }
+    }
+
+    /// Sorts a bollard error into what the caller can act on.
+    fn error(&self, e: BollardError) -> EngineError {
+        match e {
+            BollardError::DockerResponseServerError {
+                status_code,
+                message,
+            } if (400..500).contains(&status_code) => EngineError::Rejected {
+                engine: self.name.clone(),
+                cause: format!("{message} (HTTP {status_code})"),
+            },
+            BollardError::DockerResponseServerError { .. }
+            | BollardError::DockerStreamError { .. }
+            | BollardError::JsonDataError { .. }
+            | BollardError::JsonSerdeError { .. } => EngineError::Failed {
+                engine: self.name.clone(),
+                cause: e.to_string(),
+            },
+            other => self.unreachable(&other),
+        }
+    }
+
+    fn is_not_found(e: &BollardError) -> bool {
+        matches!(
+            e,
+            BollardError::DockerResponseServerError {
+                status_code: 404,
+                ..
+            }
+        )
+    }
+
+    /// Podman stores a loaded or tagged `foo/bar:1` as `localhost/foo/bar:1`, and its
+    /// compat API does not always resolve the short name back, so try both.
+    fn candidates(&self, image: &str) -> Vec<String> {
+        let mut names = vec![image.to_string()];
+        if self.flavor == Flavor::Podman && !has_registry(image) {
+            names.push(format!("localhost/{image}"));
+        }
+        names
+    }
+
+    fn create_body(&self, spec: &AgentSpec, image: &str) -> ContainerCreateBody {
+        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut binds = Vec::new();
+        let mut entrypoint = None;
+        if let Some(drpcli) = &spec.drpcli {
+            binds.push(format!("{}:{DRPCLI_IN_AGENT}:ro", drpcli.display()));
+            entrypoint = Some(vec![
+                DRPCLI_IN_AGENT.to_string(),
+                "machines".to_string(),
+                "processjobs".to_string(),
+            ]);
+            if !spec.env.iter().any(|(k, _)| k == "PATH") {
+                env.push(AGENT_PATH.to_string());
+            }
+        }
+        ContainerCreateBody {
+            image: Some(image.to_string()),
+            env: Some(env),
+            labels: Some(spec.labels.clone().into_iter().collect()),
+            entrypoint,
+            cmd: spec.drpcli.as_ref().map(|_| Vec::new()),
+            host_config: Some(HostConfig {
+                network_mode: Some(spec.network.clone()),
+                binds: (!binds.is_empty()).then_some(binds),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn inspect_agent(&self, name: &str) -> Result<Option<(AgentInfo, String)>, EngineError> {
+        let docker = self.client().await?;
+        match docker.inspect_container(name, None).await {
+            Ok(c) => {
+                let config = c.config.unwrap_or_default();
+                let info = AgentInfo {
+                    name: name.to_string(),
+                    id: c.id.unwrap_or_default(),
+                    running: c.state.and_then(|s| s.running).unwrap_or(false),
+                    labels: config.labels.unwrap_or_default().into_iter().collect(),
+                };
+                Ok(Some((info, config.image.unwrap_or_default())))
+            }
+            Err(e) if Self::is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    async fn create_and_start(&self, spec: &AgentSpec) -> Result<AgentInfo, EngineError> {
+        let docker = self.client().await?;
+        let image = self.resolve_image(&spec.image).await?;
+        let options = CreateContainerOptionsBuilder::new().name(&spec.name).build();
+        let created = docker
+            .create_container(Some(options), self.create_body(spec, &image))
+            .await
+            .map_err(|e| self.error(e))?;
+        if let Err(e) = docker.start_container(&created.id, None).await {
+            // A created-but-unstartable container would block the name forever.
+            let _ = self.remove(&created.id).await;
+            return Err(self.error(e));
+        }
+        Ok(AgentInfo {
+            name: spec.name.clone(),
+            id: created.id,
+            running: true,
+            labels: spec.labels.clone(),
+        })
+    }
+
+    /// The name under which the runtime actually has `image`.
+    async fn resolve_image(&self, image: &str) -> Result<String, EngineError> {
+        let docker = self.client().await?;
+        for candidate in self.candidates(image) {
+            match docker.inspect_image(&candidate).await {
+                Ok(_) => return Ok(candidate),
+                Err(e) if Self::is_not_found(&e) => continue,
+                Err(e) => return Err(self.error(e)),
+            }
+        }
+        Err(EngineError::ImageMissing {
+            engine: self.name.clone(),
+            image: image.to_string(),
+        })
+    }
+
+    async fn remove(&self, id: &str) -> Result<bool, EngineError> {
+        let docker = self.client().await?;
+        let options = RemoveContainerOptionsBuilder::new().force(true).build();
+        match docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(true),
+            Err(e) if Self::is_not_found(&e) => Ok(false),
+            // Removal already under way (a concurrent stop): the outcome is the same.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(true),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+}
+
+fn has_registry(image: &str) -> bool {
+    image
+        .split_once('/')
+        .is_some_and(|(first, _)| first.contains('.') || first.contains(':') || first == "localhost")
+}
+
+/// Splits `repo[:tag]` as the tag endpoint wants it; a `:` before the last `/` is a
+/// registry port, not a tag.
+pub fn split_reference(image: &str) -> (&str, &str) {
+    match image.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (image, "latest"),
+    }
+}
+
+/// `docker load` reports what it loaded as `Loaded image: X` or `Loaded image ID: X`
+/// (Podman: `Loaded image(s): X,Y`).
+fn loaded_reference(line: &str) -> Option<String> {
+    let rest = line.trim().strip_prefix("Loaded image")?;
+    let (_, names) = rest.split_once(':')?;
+    names.split(',').map(str::trim).find(|s| !s.is_empty()).map(str::to_string)
+}
+
+#[async_trait]
+impl Engine for RuntimeApiEngine {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        self.flavor.kind()
+    }
+
+    async fn info(&self) -> Result<EngineInfo, EngineError> {
+        let docker = self.client().await?;
+        let version = docker.version().await.map_err(|e| self.error(e))?;
+        Ok(EngineInfo {
+            name: self.name.clone(),
+            kind: self.flavor.kind(),
+            version: format!(
+                "{} (API {})",
+                version.version.unwrap_or_default(),
+                version.api_version.unwrap_or_default()
+            ),
+        })
+    }
+
+    async fn image_id(&self, image: &str) -> Result<Option<String>, EngineError> {
+        let docker = self.client().await?;
+        for candidate in self.candidates(image) {
+            match docker.inspect_image(&candidate).await {
+                Ok(found) => return Ok(Some(found.id.unwrap_or_default())),
+                Err(e) if Self::is_not_found(&e) => continue,
+                Err(e) => return Err(self.error(e)),
+            }
+        }
+        Ok(None)
+    }
+
+    async fn image_load(&self, image: &str, archive: ArchiveStream) -> Result<(), EngineError> {
+        let docker = self.client().await?;
+        let options = ImportImageOptionsBuilder::new().quiet(true).build();
+        let mut progress = docker.import_image_stream(options, archive, None);
+        let mut loaded = None;
+        while let Some(item) = progress.next().await {
+            let info = item.map_err(|e| match e {
+                BollardError::DockerStreamError { error } => EngineError::BadArchive {
+                    engine: self.name.clone(),
+                    cause: error,
+                },
+                BollardError::DockerResponseServerError { message, .. } => EngineError::BadArchive {
+                    engine: self.name.clone(),
+                    cause: message,
+                },
+                other => self.error(other),
+            })?;
+            let said = info.stream.or(info.status).unwrap_or_default();
+            loaded = loaded.or_else(|| loaded_reference(&said));
+        }
+        let loaded = loaded.ok_or_else(|| EngineError::BadArchive {
+            engine: self.name.clone(),
+            cause: "the runtime accepted the archive but reported no image in it".to_string(),
+        })?;
+        self.image_tag(&loaded, image).await
+    }
+
+    async fn image_tag(&self, source: &str, target: &str) -> Result<(), EngineError> {
+        let docker = self.client().await?;
+        let (repo, tag) = split_reference(target);
+        let options = TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
+        docker
+            .tag_image(source, Some(options))
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    async fn image_remove(&self, image: &str) -> Result<bool, EngineError> {
+        let docker = self.client().await?;
+        let Ok(name) = self.resolve_image(image).await else {
+            return Ok(false);
+        };
+        let options = RemoveImageOptionsBuilder::new().force(true).build();
+        match docker.remove_image(&name, Some(options), None).await {
+            Ok(_) => Ok(true),
+            Err(e) if Self::is_not_found(&e) => Ok(false),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    async fn agent_start(&self, spec: &AgentSpec) -> Result<AgentInfo, EngineError> {
+        if let Some((info, _)) = self.inspect_agent(&spec.name).await? {
+            let same_image = info.label(crate::engine::labels::IMAGE) == Some(spec.image.as_str());
+            if info.running && same_image {
+                return Ok(info);
+            }
+            // Stopped, or from another image: replace, so exactly one agent remains.
+            self.remove(&info.id).await?;
+        }
+        self.create_and_start(spec).await
+    }
+
+    async fn agent_stop(&self, name: &str) -> Result<bool, EngineError> {
+        let docker = self.client().await?;
+        let options = StopContainerOptionsBuilder::new().t(STOP_GRACE_SECS).build();
+        match docker.stop_container(name, Some(options)).await {
+            Ok(()) => {}
+            Err(e) if Self::is_not_found(&e) => return Ok(false),
+            // 304 (already stopped) and the like: removal below settles it.
+            Err(_) => {}
+        }
+        self.remove(name).await
+    }
+
+    async fn agent_list(&self, labels: &[(&str, &str)]) -> Result<Vec<AgentInfo>, EngineError> {
+        let docker = self.client().await?;
+        let found = container_list::list(&self.host, &docker.client_version().to_string(), labels)
+            .await
+            .map_err(|cause| EngineError::Failed {
+                engine: self.name.clone(),
+                cause,
+            })?;
+        Ok(found
+            .into_iter()
+            .map(|c| AgentInfo {
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_default(),
+                id: c.id,
+                running: c.state == "running",
+                labels: c.labels.unwrap_or_default(),
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_split_at_the_tag_not_the_registry_port() {
+        assert_eq!(split_reference("foo/bar:1"), ("foo/bar", "1"));
+        assert_eq!(split_reference("foo/bar"), ("foo/bar", "latest"));
+        assert_eq!(split_reference("reg:5000/foo"), ("reg:5000/foo", "latest"));
+        assert_eq!(split_reference("reg:5000/foo:2"), ("reg:5000/foo", "2"));
+    }
+
+    #[test]
+    fn load_reports_are_parsed_for_docker_and_podman() {
+        assert_eq!(loaded_reference("Loaded image: foo:1\n").as_deref(), Some("foo:1"));
+        assert_eq!(
+            loaded_reference("Loaded image ID: sha256:abc\n").as_deref(),
+            Some("sha256:abc")
+        );
+        assert_eq!(
+            loaded_reference("Loaded image(s): localhost/foo:1,localhost/bar:2").as_deref(),
+            Some("localhost/foo:1")
+        );
+        assert_eq!(loaded_reference("Loading layer 1/3"), None);
+    }
+
+    #[test]
+    fn podman_looks_for_short_names_under_localhost() {
+        let podman = RuntimeApiEngine::new("podman", Flavor::Podman, None);
+        assert_eq!(podman.candidates("foo/bar:1"), ["foo/bar:1", "localhost/foo/bar:1"]);
+        assert_eq!(podman.candidates("quay.io/x:1"), ["quay.io/x:1"]);
+        let docker = RuntimeApiEngine::new("docker", Flavor::Docker, None);
+        assert_eq!(docker.candidates("foo/bar:1"), ["foo/bar:1"]);
+    }
+}

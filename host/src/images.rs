@@ -1,0 +1,353 @@
+//! Image archives: where they come from (URL, file server, RS_WEBROOT), how they reach an
+//! engine (streamed, gunzipped on the way, never whole in memory), checksums, and merging
+//! concurrent loads of one image into one.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_compression::tokio::bufread::GzipDecoder;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use futures_util::{StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use crate::engine::{ArchiveStream, Engine, EngineError};
+use crate::environment::Environment;
+
+/// The tag that records "this image was loaded from the archive with this sha256". It
+/// lives in the runtime beside the image, so it survives plugin restarts.
+const CHECKSUM_MARKER_REPO: &str = "context-engines-archive";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("image path '{path}' is not acceptable: {why}")]
+    BadPath { path: String, why: String },
+    #[error("downloading image archive {url} failed: {cause}")]
+    Download { url: String, cause: String },
+    #[error("reading image archive {path} failed: {cause}")]
+    Read { path: String, cause: String },
+    #[error("image archive {source_name} has sha256 {actual}, but the Context's Checksum is {expected}: rejected")]
+    ChecksumMismatch {
+        source_name: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("Checksum '{0}' is not a sha256 (64 hex digits, optionally prefixed 'sha256:')")]
+    BadChecksum(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Shared(Arc<ImageError>),
+}
+
+/// Where an archive is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchiveSource {
+    Url(String),
+    File(PathBuf),
+}
+
+impl ArchiveSource {
+    fn describe(&self) -> String {
+        match self {
+            ArchiveSource::Url(url) => url.clone(),
+            ArchiveSource::File(path) => path.display().to_string(),
+        }
+    }
+}
+
+type MergedLoad = Shared<BoxFuture<'static, Result<(), Arc<ImageError>>>>;
+
+pub struct Images {
+    env: Environment,
+    http: reqwest::Client,
+    spool_dir: PathBuf,
+    in_flight: Mutex<HashMap<String, MergedLoad>>,
+}
+
+impl Images {
+    pub fn new(env: Environment, spool_dir: PathBuf) -> Result<Images, reqwest::Error> {
+        // No overall timeout: archives are large. Connect and idle stalls still fail.
+        let http = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .read_timeout(std::time::Duration::from_secs(120))
+            .build()?;
+        Ok(Images {
+            env,
+            http,
+            spool_dir,
+            in_flight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// `context/image-path` → a source: an http(s) URL, or a path relative to the file
+    /// server, read from RS_WEBROOT when the file is there and fetched otherwise.
+    pub fn resolve(&self, image_path: &str) -> Result<ArchiveSource, ImageError> {
+        if image_path.starts_with("http://") || image_path.starts_with("https://") {
+            return Ok(ArchiveSource::Url(image_path.to_string()));
+        }
+        let relative = checked_relative(image_path)?;
+        if let Some(root) = &self.env.webroot {
+            let candidate = root.join(&relative);
+            if candidate.is_file() {
+                return Ok(ArchiveSource::File(inside_root(root, &candidate, image_path)?));
+            }
+        }
+        match &self.env.fileserver {
+            Some(server) => Ok(ArchiveSource::Url(format!("{server}/{}", relative.display()))),
+            None => Err(ImageError::BadPath {
+                path: image_path.to_string(),
+                why: "it is relative to the file server, but it is not under RS_WEBROOT and RS_FILESERVER is not set"
+                    .to_string(),
+            }),
+        }
+    }
+
+    /// Loads `source` into `engine` as `image`, merging with a load of the same image
+    /// already under way. With a checksum the archive is verified before the engine sees
+    /// a byte of it.
+    pub async fn load(
+        self: &Arc<Self>,
+        engine: Arc<dyn Engine>,
+        image: &str,
+        source: ArchiveSource,
+        checksum: Option<String>,
+    ) -> Result<(), ImageError> {
+        let key = format!("{}\u{0}{image}", engine.name());
+        let merged = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            in_flight
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    let this = Arc::clone(self);
+                    let image = image.to_string();
+                    async move {
+                        let result = this.load_now(engine.as_ref(), &image, &source, checksum.as_deref()).await;
+                        this.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                        result.map_err(Arc::new)
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        merged.await.map_err(ImageError::Shared)
+    }
+
+    async fn load_now(
+        &self,
+        engine: &dyn Engine,
+        image: &str,
+        source: &ArchiveSource,
+        checksum: Option<&str>,
+    ) -> Result<(), ImageError> {
+        tracing::info!(engine = engine.name(), image, source = %source.describe(), "loading image archive");
+        let Some(expected) = checksum else {
+            let raw = self.open(source).await?;
+            return Ok(engine.image_load(image, gunzip(raw).await?).await?);
+        };
+        let expected = normalize_checksum(expected)?;
+        let spooled = self.spool_verified(source, &expected).await?;
+        let result = async {
+            let file = tokio::fs::File::open(&spooled).await.map_err(|e| read_error(&spooled, e))?;
+            let raw: ArchiveStream = Box::pin(ReaderStream::new(file));
+            engine.image_load(image, gunzip(raw).await?).await?;
+            engine.image_tag(image, &checksum_marker(&expected)).await?;
+            Ok(())
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&spooled).await;
+        result
+    }
+
+    /// True when `image` is the very image that was loaded from an archive of `checksum`.
+    pub async fn loaded_from(&self, engine: &dyn Engine, image: &str, checksum: &str) -> Result<bool, ImageError> {
+        let marker = checksum_marker(&normalize_checksum(checksum)?);
+        let (image_id, marker_id) = (engine.image_id(image).await?, engine.image_id(&marker).await?);
+        Ok(image_id.is_some() && image_id == marker_id)
+    }
+
+    async fn open(&self, source: &ArchiveSource) -> Result<ArchiveStream, ImageError> {
+        match source {
+            ArchiveSource::File(path) => {
+                let file = tokio::fs::File::open(path).await.map_err(|e| read_error(path, e))?;
+                Ok(Box::pin(ReaderStream::new(file)))
+            }
+            ArchiveSource::Url(url) => {
+                let download = |cause: String| ImageError::Download {
+                    url: url.clone(),
+                    cause,
+                };
+                let response = self
+                    .http
+                    .get(url)
+                    .send()
+                    .await
+                    .map_err(|e| download(e.without_url().to_string()))?;
+                if !response.status().is_success() {
+                    return Err(download(format!("HTTP {}", response.status())));
+                }
+                Ok(Box::pin(response.bytes_stream().map_err(std::io::Error::other)))
+            }
+        }
+    }
+
+    /// Downloads to a spool file while hashing; only a verified archive is handed on.
+    async fn spool_verified(&self, source: &ArchiveSource, expected: &str) -> Result<PathBuf, ImageError> {
+        let mut raw = self.open(source).await?;
+        tokio::fs::create_dir_all(&self.spool_dir)
+            .await
+            .map_err(|e| read_error(&self.spool_dir, e))?;
+        let path = self.spool_dir.join(format!("archive-{expected}-{}.tar", std::process::id()));
+        let mut file = tokio::fs::File::create(&path).await.map_err(|e| read_error(&path, e))?;
+        let mut hasher = Sha256::new();
+        let copied = async {
+            while let Some(chunk) = raw.next().await {
+                let chunk = chunk.map_err(|e| read_error(Path::new(&source.describe()), e))?;
+                hasher.update(&chunk);
+                file.write_all(&chunk).await.map_err(|e| read_error(&path, e))?;
+            }
+            file.flush().await.map_err(|e| read_error(&path, e))
+        }
+        .await;
+        let actual = hex::encode(hasher.finalize());
+        if copied.is_err() || actual != expected {
+            let _ = tokio::fs::remove_file(&path).await;
+        }
+        copied?;
+        if actual != expected {
+            return Err(ImageError::ChecksumMismatch {
+                source_name: source.describe(),
+                expected: expected.to_string(),
+                actual,
+            });
+        }
+        Ok(path)
+    }
+}
+
+fn read_error(path: &Path, e: std::io::Error) -> ImageError {
+    ImageError::Read {
+        path: path.display().to_string(),
+        cause: e.to_string(),
+    }
+}
+
+/// Gunzips on the fly when the stream starts with the gzip magic; Podman 4.3 refuses
+/// compressed archives, so engines always get a plain tar.
+pub async fn gunzip(raw: ArchiveStream) -> Result<ArchiveStream, ImageError> {
+    let mut reader = BufReader::with_capacity(64 * 1024, StreamReader::new(raw));
+    let head = reader.fill_buf().await.map_err(|e| ImageError::Read {
+        path: "archive".to_string(),
+        cause: e.to_string(),
+    })?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        let mut decoder = GzipDecoder::new(reader);
+        decoder.multiple_members(true);
+        Ok(Box::pin(ReaderStream::with_capacity(decoder, 64 * 1024)))
+    } else {
+        Ok(Box::pin(ReaderStream::with_capacity(reader, 64 * 1024)))
+    }
+}
+
+fn normalize_checksum(checksum: &str) -> Result<String, ImageError> {
+    let hex = checksum.trim().trim_start_matches("sha256:").to_ascii_lowercase();
+    if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        Ok(hex)
+    } else {
+        Err(ImageError::BadChecksum(checksum.to_string()))
+    }
+}
+
+fn checksum_marker(hex: &str) -> String {
+    format!("{CHECKSUM_MARKER_REPO}:{hex}")
+}
+
+/// A relative path with no `..`, no root and no empty remainder: `files/../../etc` must
+/// never leave the file server's root.
+fn checked_relative(image_path: &str) -> Result<PathBuf, ImageError> {
+    let bad = |why: &str| ImageError::BadPath {
+        path: image_path.to_string(),
+        why: why.to_string(),
+    };
+    let trimmed = image_path.trim_start_matches('/');
+    if trimmed.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    let mut clean = PathBuf::new();
+    for component in Path::new(trimmed).components() {
+        match component {
+            Component::Normal(part) => clean.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(bad("it contains '..' and could escape the file server root")),
+            Component::RootDir | Component::Prefix(_) => return Err(bad("it must be relative to the file server")),
+        }
+    }
+    Ok(clean)
+}
+
+/// Symlinks under the webroot must not lead out of it either.
+fn inside_root(root: &Path, candidate: &Path, image_path: &str) -> Result<PathBuf, ImageError> {
+    let resolved = candidate.canonicalize().map_err(|e| read_error(candidate, e))?;
+    let root = root.canonicalize().map_err(|e| read_error(root, e))?;
+    if resolved.starts_with(&root) {
+        Ok(resolved)
+    } else {
+        Err(ImageError::BadPath {
+            path: image_path.to_string(),
+            why: "it resolves outside RS_WEBROOT".to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_paths_are_refused() {
+        for bad in ["files/../../etc/passwd", "..", "", "files/a/../../../x"] {
+            assert!(checked_relative(bad).is_err(), "{bad} should be refused");
+        }
+        assert_eq!(
+            checked_relative("files/contexts/x.tar").expect("plain path"),
+            PathBuf::from("files/contexts/x.tar")
+        );
+        assert_eq!(checked_relative("/files/./a").expect("leading slash"), PathBuf::from("files/a"));
+    }
+
+    #[test]
+    fn checksums_accept_prefix_and_case() {
+        let hex = "AB".repeat(32);
+        assert_eq!(normalize_checksum(&format!("sha256:{hex}")).expect("valid"), hex.to_lowercase());
+        assert!(normalize_checksum("abc").is_err());
+    }
+
+    #[tokio::test]
+    async fn gzip_is_detected_and_decoded_on_the_fly() {
+        use async_compression::tokio::write::GzipEncoder;
+        let plain = b"not really a tar, but bytes".repeat(1000);
+        let mut encoder = GzipEncoder::new(Vec::new());
+        encoder.write_all(&plain).await.expect("encode");
+        encoder.shutdown().await.expect("finish");
+        let gz = encoder.into_inner();
+        for input in [gz, plain.clone()] {
+            let raw: ArchiveStream = Box::pin(futures_util::stream::iter(
+                input.chunks(7).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect::<Vec<_>>(),
+            ));
+            let out: Vec<u8> = gunzip(raw)
+                .await
+                .expect("open")
+                .try_fold(Vec::new(), |mut acc, c| async move {
+                    acc.extend_from_slice(&c);
+                    Ok(acc)
+                })
+                .await
+                .expect("read");
+            assert_eq!(out, plain);
+        }
+    }
+}

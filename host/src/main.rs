@@ -1,0 +1,131 @@
+//! `context-engines`: a dr-provision plugin provider that keeps one agent per machine
+//! running wherever its Context says, through pluggable engines.
+
+mod actions;
+mod agents;
+mod api_error;
+mod drp;
+mod drp_socket;
+mod engine;
+mod engines;
+mod environment;
+mod events;
+mod images;
+mod logging;
+mod params;
+mod plugin;
+mod protocol;
+mod provider;
+mod reconciler;
+mod registry;
+mod tls;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::drp_socket::DrpSocket;
+use crate::environment::Environment;
+use crate::params::Settings;
+use crate::plugin::Plugin;
+use crate::protocol::Service;
+
+#[derive(Parser)]
+#[command(name = "context-engines", version, about = "dr-provision plugin provider: Contexts run as agents through pluggable engines")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the PluginProvider definition as JSON.
+    Define,
+    /// Write the embedded assets (bundled WASM engines) into DIR.
+    Unpack { dir: PathBuf },
+    /// Serve dr-provision on TO_PLUGIN_SOCK, talking back over FROM_PLUGIN_SOCK.
+    Listen { to_plugin_sock: PathBuf, from_plugin_sock: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Define => print_json(&provider::define()),
+        Command::Unpack { dir } => provider::unpack(&dir).map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", dir.display())),
+        Command::Listen {
+            to_plugin_sock,
+            from_plugin_sock,
+        } => listen(to_plugin_sock, from_plugin_sock),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("context-engines: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn listen(to_plugin_sock: PathBuf, from_plugin_sock: PathBuf) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        logging::init();
+        let env = Environment::from_process();
+        let socket = DrpSocket::new(&from_plugin_sock);
+        logging::forward_to(Arc::new(socket.clone()));
+        let settings = Settings::from_params(&serde_json::json!({}), &env)?;
+        let scratch = std::env::current_dir()?;
+        let plugin = Arc::new(Plugin::new(env, socket.clone(), settings, scratch)?);
+        let service = Service::new(plugin);
+        let listener = protocol::bind(&to_plugin_sock)
+            .map_err(|e| anyhow::anyhow!("binding {}: {e}", to_plugin_sock.display()))?;
+        let server = tokio::spawn(protocol::serve(listener, Arc::clone(&service)));
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "READY!")?;
+            out.flush()?;
+        }
+        tracing::info!("listening on {}", to_plugin_sock.display());
+        wait_for_stop(&service).await;
+        // Let the reply to /stop reach dr-provision before the socket goes away.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        server.abort();
+        if let Err(e) = socket.leaving().await {
+            tracing::warn!("telling dr-provision the plugin is leaving: {e}");
+        }
+        let _ = std::fs::remove_file(&to_plugin_sock);
+        tracing::info!("stopped; agents keep running");
+        Ok(())
+    })
+}
+
+/// Until `/stop`, SIGTERM or SIGINT.
+async fn wait_for_stop(service: &Service) {
+    let mut stop = service.shutdown_signal();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(term) => {
+                term.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = stop.wait_for(|stop| *stop) => {}
+        _ = term => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
+    service.request_shutdown();
+}

@@ -1,0 +1,224 @@
+//! The plugin's params (SPEC §5), decoded from the `config` body into typed settings.
+//! Every param is optional; a param of the wrong type is an error naming it, never a
+//! silent default.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_json::{Map, Value};
+
+use crate::environment::Environment;
+
+pub const PLUGIN_NAME: &str = "context-engines/plugin-name";
+pub const DEFAULT_ENGINE: &str = "context-engines/default-engine";
+pub const ENGINES_DIR: &str = "context-engines/engines-dir";
+pub const ENDPOINTS: &str = "context-engines/endpoints";
+pub const ENGINE_CONFIG: &str = "context-engines/engine-config";
+pub const AGENT_NETWORK: &str = "context-engines/agent-network";
+pub const DRPCLI: &str = "context-engines/drpcli";
+pub const MAX_PARALLEL: &str = "context-engines/max-parallel";
+
+/// All plugin params, in the order `define` lists them.
+pub const ALL: &[&str] = &[
+    PLUGIN_NAME,
+    DEFAULT_ENGINE,
+    ENGINES_DIR,
+    ENDPOINTS,
+    ENGINE_CONFIG,
+    AGENT_NETWORK,
+    DRPCLI,
+    MAX_PARALLEL,
+];
+
+// Action params.
+pub const IMAGE_NAME: &str = "context/image-name";
+pub const IMAGE_PATH: &str = "context/image-path";
+pub const CONTEXT_NAME: &str = "context/name";
+pub const ENGINE: &str = "context/engine";
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ParamError {
+    #[error("param '{name}' must be {expected}, got {got}")]
+    WrongType {
+        name: String,
+        expected: &'static str,
+        got: String,
+    },
+    #[error("param '{0}' is required")]
+    Missing(String),
+    #[error("param '{name}' is invalid: {why}")]
+    Invalid { name: String, why: String },
+    #[error("params must be a JSON object, got {0}")]
+    NotAnObject(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub plugin_name: String,
+    pub default_engine: String,
+    pub engines_dir: Option<PathBuf>,
+    pub endpoints: Vec<String>,
+    pub engine_config: BTreeMap<String, Map<String, Value>>,
+    pub agent_network: String,
+    pub drpcli: Option<PathBuf>,
+    pub max_parallel: usize,
+}
+
+impl Settings {
+    pub fn from_params(params: &Value, env: &Environment) -> Result<Settings, ParamError> {
+        let params = as_object(params)?;
+        let endpoints = match params.get(ENDPOINTS) {
+            Some(_) => string_list(params, ENDPOINTS)?,
+            None => env.endpoint.iter().cloned().collect(),
+        };
+        let max_parallel = match params.get(MAX_PARALLEL) {
+            None | Some(Value::Null) => 16,
+            Some(v) => match v.as_u64() {
+                Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
+                _ => {
+                    return Err(ParamError::WrongType {
+                        name: MAX_PARALLEL.to_string(),
+                        expected: "a whole number of at least 1",
+                        got: v.to_string(),
+                    });
+                }
+            },
+        };
+        Ok(Settings {
+            plugin_name: optional_string(params, PLUGIN_NAME)?
+                .unwrap_or_else(|| "context-engines".to_string()),
+            default_engine: optional_string(params, DEFAULT_ENGINE)?
+                .unwrap_or_else(|| "docker".to_string()),
+            engines_dir: optional_string(params, ENGINES_DIR)?
+                .map(PathBuf::from)
+                .or_else(|| env.default_engines_dir()),
+            endpoints,
+            engine_config: engine_config(params)?,
+            agent_network: optional_string(params, AGENT_NETWORK)?
+                .unwrap_or_else(|| "host".to_string()),
+            drpcli: optional_string(params, DRPCLI)?.map(PathBuf::from),
+            max_parallel,
+        })
+    }
+
+    /// The settings object an engine gets from `engine-config` (empty when absent).
+    pub fn engine_settings(&self, engine: &str) -> Map<String, Value> {
+        self.engine_config.get(engine).cloned().unwrap_or_default()
+    }
+}
+
+pub fn as_object(value: &Value) -> Result<&Map<String, Value>, ParamError> {
+    match value {
+        Value::Object(map) => Ok(map),
+        Value::Null => Err(ParamError::NotAnObject("null".to_string())),
+        other => Err(ParamError::NotAnObject(type_name(other).to_string())),
+    }
+}
+
+/// A string param; null counts as absent, an empty string too (dr-provision UIs clear a
+/// param that way).
+pub fn optional_string(params: &Map<String, Value>, name: &str) -> Result<Option<String>, ParamError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(wrong_type(name, "a string", other)),
+    }
+}
+
+pub fn required_string(params: &Map<String, Value>, name: &str) -> Result<String, ParamError> {
+    optional_string(params, name)?.ok_or_else(|| ParamError::Missing(name.to_string()))
+}
+
+fn string_list(params: &Map<String, Value>, name: &str) -> Result<Vec<String>, ParamError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(wrong_type(name, "a list of strings", other)),
+            })
+            .collect(),
+        // A single URL is what an operator means when they give a string.
+        Some(Value::String(s)) => Ok(s.split_whitespace().map(str::to_string).collect()),
+        Some(other) => Err(wrong_type(name, "a list of strings", other)),
+    }
+}
+
+fn engine_config(params: &Map<String, Value>) -> Result<BTreeMap<String, Map<String, Value>>, ParamError> {
+    let Some(value) = params.get(ENGINE_CONFIG).filter(|v| !v.is_null()) else {
+        return Ok(BTreeMap::new());
+    };
+    let Value::Object(engines) = value else {
+        return Err(wrong_type(ENGINE_CONFIG, "an object of engine name to settings", value));
+    };
+    engines
+        .iter()
+        .map(|(engine, settings)| match settings {
+            Value::Object(map) => Ok((engine.clone(), map.clone())),
+            other => Err(ParamError::Invalid {
+                name: ENGINE_CONFIG.to_string(),
+                why: format!("settings of engine '{engine}' must be an object, got {}", type_name(other)),
+            }),
+        })
+        .collect()
+}
+
+fn wrong_type(name: &str, expected: &'static str, got: &Value) -> ParamError {
+    ParamError::WrongType {
+        name: name.to_string(),
+        expected,
+        got: type_name(got).to_string(),
+    }
+}
+
+pub fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn env() -> Environment {
+        Environment {
+            endpoint: Some("https://drp:8092".to_string()),
+            token: None,
+            fileserver: None,
+            webroot: Some(PathBuf::from("/srv/tftpboot")),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let s = Settings::from_params(&json!({}), &env()).expect("empty params are valid");
+        assert_eq!(s.plugin_name, "context-engines");
+        assert_eq!(s.default_engine, "docker");
+        assert_eq!(s.endpoints, ["https://drp:8092"]);
+        assert_eq!(s.agent_network, "host");
+        assert_eq!(s.max_parallel, 16);
+        assert_eq!(
+            s.engines_dir,
+            Some(PathBuf::from("/srv/tftpboot/files/plugin_providers/context-engines/engines"))
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_param() {
+        let err = Settings::from_params(&json!({ MAX_PARALLEL: "many" }), &env()).unwrap_err();
+        assert!(err.to_string().contains(MAX_PARALLEL), "{err}");
+        let err = Settings::from_params(&json!({ ENGINE_CONFIG: {"docker": 3} }), &env()).unwrap_err();
+        assert!(err.to_string().contains("docker"), "{err}");
+        let err = Settings::from_params(&json!([1]), &env()).unwrap_err();
+        assert_eq!(err, ParamError::NotAnObject("a list".to_string()));
+    }
+}

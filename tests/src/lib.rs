@@ -1,0 +1,9 @@
+//! Test harness for context-engines: a dr-provision simulator and a runner for
+//! the real plugin binary.
+
+pub mod plugin;
+pub mod sim;
+pub mod world;
+
+pub use plugin::{Plugin, plugin_bin};
+pub use sim::{AgentReport, ApiFault, Sim};

@@ -1,0 +1,294 @@
+//! One test's world: a simulator, the real plugin configured against it, and a direct
+//! line to the container runtime the engine under test drives, to check what really
+//! runs. Every world has its own plugin name, so its agents carry their own
+//! `drp.plugin` label and parallel tests never see (or clean up) each other's agents.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use bollard::Docker;
+use bollard::query_parameters::RemoveContainerOptionsBuilder;
+use http_body_util::BodyExt as _;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::plugin::Plugin;
+use crate::sim::Sim;
+
+pub const DOCKER_SOCK: &str = "unix:///var/run/docker.sock";
+pub const PODMAN_SOCK: &str = "unix:///run/podman/podman.sock";
+
+/// A fresh name part, unique within this test run and across runs.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{:x}{:x}{n}", std::process::id(), nanos & 0xffff_ffff)
+}
+
+/// Where scripts/fixtures.sh put the test images and the test drpcli.
+pub fn fixtures() -> PathBuf {
+    let dir = std::env::var_os("CE_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures")
+    });
+    assert!(
+        dir.join("plain.tar").is_file(),
+        "test fixtures missing in {}: run scripts/fixtures.sh (scripts/test.sh does)",
+        dir.display()
+    );
+    dir
+}
+
+/// The runtime socket an engine drives, for checking from outside the plugin.
+pub fn runtime_host(engine: &str) -> &'static str {
+    match engine {
+        "podman" => PODMAN_SOCK,
+        _ => DOCKER_SOCK,
+    }
+}
+
+pub async fn connect_runtime(host: &str) -> anyhow::Result<Docker> {
+    let docker = Docker::connect_with_unix(host, 120, bollard::API_DEFAULT_VERSION)
+        .with_context(|| format!("connecting to {host}"))?;
+    docker
+        .negotiate_version()
+        .await
+        .with_context(|| format!("{host} does not answer: start it with scripts/runtimes.sh"))
+}
+
+/// A container as the Engine API lists it. bollard's typed model is not used here:
+/// Podman reports states (`stopped`) its enum rejects, failing the whole list.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContainerSummary {
+    #[serde(rename = "Id")]
+    pub id: Option<String>,
+    #[serde(rename = "Names")]
+    pub names: Option<Vec<String>>,
+    #[serde(rename = "Labels")]
+    pub labels: Option<HashMap<String, String>>,
+    #[serde(rename = "State")]
+    pub state: Option<String>,
+}
+
+/// Containers with `label` (`key=value`) on the runtime at `host`, running or not.
+pub async fn list_containers(host: &str, label: &str) -> anyhow::Result<Vec<ContainerSummary>> {
+    let socket = host.trim_start_matches("unix://");
+    let filters = serde_json::json!({ "label": [label] }).to_string();
+    let query: String = form_urlencoded::byte_serialize(filters.as_bytes()).collect();
+    let uri: hyper::Uri = hyperlocal::Uri::new(socket, &format!("/v1.41/containers/json?all=1&filters={query}")).into();
+    let client: Client<hyperlocal::UnixConnector, http_body_util::Empty<bytes::Bytes>> =
+        Client::builder(TokioExecutor::new()).build(hyperlocal::UnixConnector);
+    let response = client.get(uri).await.with_context(|| format!("listing containers on {host}"))?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!("listing containers on {host}: HTTP {status}: {}", String::from_utf8_lossy(&body));
+    }
+    Ok(serde_json::from_slice(&body)?)
+}
+
+pub struct World {
+    pub sim: Sim,
+    pub plugin: Option<Plugin>,
+    pub plugin_name: String,
+    pub engine: String,
+    pub runtime: Docker,
+    pub fixtures: PathBuf,
+}
+
+impl World {
+    pub async fn new(engine: &str) -> anyhow::Result<World> {
+        let sim = Sim::start().await?;
+        let fixtures = fixtures();
+        let runtime = connect_runtime(runtime_host(engine)).await?;
+        // Archives are served by the simulator's file server and found under its webroot.
+        let served = sim.webroot().join("files/fixtures");
+        std::fs::create_dir_all(&served)?;
+        for file in ["plain.tar", "plain.tar.gz", "baked.tar", "baked.tar.gz"] {
+            std::fs::copy(fixtures.join(file), served.join(file))?;
+        }
+        let mut world = World {
+            sim,
+            plugin: None,
+            plugin_name: unique("cet-"),
+            engine: engine.to_string(),
+            runtime,
+            fixtures,
+        };
+        world.start_plugin().await?;
+        Ok(world)
+    }
+
+    /// The params every test starts from: its own plugin name, the engine under test as
+    /// default, agents reporting to the simulator, and the test drpcli injected.
+    pub fn params(&self) -> Value {
+        json!({
+            "context-engines/plugin-name": self.plugin_name,
+            "context-engines/default-engine": self.engine,
+            "context-engines/endpoints": [self.sim.file_url()],
+            "context-engines/drpcli": self.fixtures.join("drpcli").display().to_string(),
+            "context-engines/engine-config": {
+                "docker": {"host": DOCKER_SOCK},
+                "podman": {"host": PODMAN_SOCK},
+            },
+            "context-engines/max-parallel": 8,
+        })
+    }
+
+    pub async fn start_plugin(&mut self) -> anyhow::Result<()> {
+        let plugin = Plugin::spawn(&self.sim, &[("RUST_LOG", "info,context_engines=debug")]).await?;
+        let (code, body) = plugin.config(self.params()).await?;
+        if code != 200 {
+            bail!("config answered {code}: {body}");
+        }
+        self.plugin = Some(plugin);
+        Ok(())
+    }
+
+    pub fn plugin(&self) -> &Plugin {
+        self.plugin.as_ref().expect("plugin is running")
+    }
+
+    pub async fn stop_plugin(&mut self) -> anyhow::Result<()> {
+        if let Some(plugin) = self.plugin.take() {
+            let status = plugin.stop().await?;
+            if !status.success() {
+                bail!("plugin exited with {status}");
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn action(&self, command: &str, params: Value) -> anyhow::Result<(u16, Value)> {
+        self.plugin().action(json!({}), command, params).await
+    }
+
+    pub async fn machine_action(&self, machine: &Value, command: &str, params: Value) -> anyhow::Result<(u16, Value)> {
+        self.plugin().action(machine.clone(), command, params).await
+    }
+
+    /// Loads a fixture archive into the engine under test as `image`, through the plugin.
+    pub async fn upload(&self, fixture: &str, image: &str) -> anyhow::Result<()> {
+        let (code, body) = self
+            .action(
+                "imageUpload",
+                json!({
+                    "context/image-name": image,
+                    "context/image-path": format!("files/fixtures/{fixture}"),
+                }),
+            )
+            .await?;
+        if code != 200 || body != json!(true) {
+            bail!("imageUpload of {fixture} as {image} answered {code}: {body}");
+        }
+        Ok(())
+    }
+
+    pub fn context(&self, name: &str, image: &str) -> Value {
+        json!({
+            "Name": name,
+            "Engine": self.plugin_name,
+            "Image": image,
+            "Meta": {"context-engine": self.engine},
+            "Description": "test context",
+            "Available": true,
+        })
+    }
+
+    pub fn machine(uuid: &str, context: &str) -> Value {
+        json!({
+            "Uuid": uuid,
+            "Name": format!("{uuid}.test"),
+            "Context": context,
+            "Meta": {},
+            "Workflow": "",
+            "Runnable": true,
+        })
+    }
+
+    /// Containers that carry this world's plugin label, running or not.
+    pub async fn agents(&self) -> anyhow::Result<Vec<ContainerSummary>> {
+        list_containers(runtime_host(&self.engine), &format!("drp.plugin={}", self.plugin_name)).await
+    }
+
+    pub async fn running_agents(&self) -> anyhow::Result<Vec<ContainerSummary>> {
+        Ok(self
+            .agents()
+            .await?
+            .into_iter()
+            .filter(|c| c.state.as_ref().is_some_and(|s| s.to_string() == "running"))
+            .collect())
+    }
+
+    /// Waits until exactly `n` agents of this world exist and all of them run.
+    pub async fn wait_agents(&self, n: usize, timeout: Duration) -> anyhow::Result<Vec<ContainerSummary>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let all = self.agents().await?;
+            let running = all
+                .iter()
+                .filter(|c| c.state.as_ref().is_some_and(|s| s.to_string() == "running"))
+                .count();
+            if all.len() == n && running == n {
+                return Ok(all);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "waited {timeout:?} for {n} running agents on {}; have {} ({} running): {:?}\nplugin stderr tail:\n{}",
+                    self.engine,
+                    all.len(),
+                    running,
+                    all.iter().map(|c| (&c.names, &c.state)).collect::<Vec<_>>(),
+                    self.stderr_tail(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn stderr_tail(&self) -> String {
+        let text = self.plugin.as_ref().map(|p| p.stderr_text()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Removes whatever this world left in the runtime, even after a failure.
+    pub async fn cleanup(&mut self) {
+        if let Some(mut plugin) = self.plugin.take() {
+            plugin.kill();
+        }
+        if let Ok(agents) = self.agents().await {
+            for agent in agents {
+                if let Some(id) = agent.id {
+                    let options = RemoveContainerOptionsBuilder::new().force(true).build();
+                    let _ = self.runtime.remove_container(&id, Some(options)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs one scenario for one engine in a fresh world; a failure names both.
+pub async fn run_scenario<F>(engine: &str, scenario: &str, body: F)
+where
+    F: for<'w> FnOnce(&'w mut World) -> futures_util::future::BoxFuture<'w, anyhow::Result<()>>,
+{
+    let mut world = match World::new(engine).await {
+        Ok(world) => world,
+        Err(e) => panic!("engine '{engine}', scenario '{scenario}': setting up: {e:#}"),
+    };
+    let outcome = body(&mut world).await;
+    let tail = world.stderr_tail();
+    world.cleanup().await;
+    if let Err(e) = outcome {
+        panic!("engine '{engine}', scenario '{scenario}' failed: {e:#}\n--- plugin stderr (tail) ---\n{tail}");
+    }
+}

@@ -1,0 +1,395 @@
+//! The behaviour suite: every scenario of SPEC §4, run against every engine from this
+//! one definition, through the real plugin binary, the simulator and the real runtime.
+//! A new engine is tested by adding its name to `behaviour_suite!` below.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use ce_tests::world::{World, unique};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+macro_rules! behaviour_suite {
+    (engines: [$($engine:ident),*], scenarios: $scenarios:tt) => {
+        $( behaviour_suite!(@engine $engine $scenarios); )*
+    };
+    (@engine $engine:ident [$($scenario:ident),* $(,)?]) => {
+        mod $engine {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    ce_tests::world::run_scenario(stringify!($engine), stringify!($scenario), |w| {
+                        Box::pin(super::$scenario(w))
+                    })
+                    .await
+                }
+            )*
+        }
+    };
+}
+
+behaviour_suite! {
+    engines: [docker, podman],
+    scenarios: [
+        agent_follows_the_machine_context,
+        image_actions_load_check_and_remove,
+        bad_image_input_is_refused_and_plugin_keeps_serving,
+        missing_image_is_loaded_from_the_file_server,
+        own_entrypoint_runs_without_drpcli,
+        checksum_accepts_matching_and_rejects_other_archives,
+        restart_adopts_agents_and_removes_orphans,
+        missed_events_are_recovered_after_reconnect,
+        image_change_replaces_agents,
+        agent_actions_are_idempotent,
+        burst_of_machines_converges,
+    ]
+}
+
+fn image_name(w: &World) -> String {
+    format!("ce-test/{}:1", w.plugin_name)
+}
+
+async fn agent_follows_the_machine_context(w: &mut World) -> anyhow::Result<()> {
+    let image = image_name(w);
+    w.upload("plain.tar.gz", &image).await?;
+    w.sim.put_context(w.context("ctx", &image));
+    let uuid = unique("m");
+    w.sim.put_machine(World::machine(&uuid, "ctx"));
+    let agents = w.wait_agents(1, SETTLE).await?;
+    let name = agents[0].names.clone().unwrap_or_default().join(",");
+    ensure!(name.contains(&format!("drp-ctx-{uuid}")), "agent name {name}");
+    let labels = agents[0].labels.clone().unwrap_or_default();
+    for (key, want) in [
+        ("drp.machine", uuid.as_str()),
+        ("drp.context", "ctx"),
+        ("drp.plugin", w.plugin_name.as_str()),
+        ("drp.engine", w.engine.as_str()),
+    ] {
+        ensure!(labels.get(key).map(String::as_str) == Some(want), "label {key} = {:?}", labels.get(key));
+    }
+
+    // The agent itself reports the environment it was given.
+    let report = w
+        .sim
+        .wait_for("agent report", SETTLE, || w.sim.agent_reports().into_iter().find(|r| r.uuid == uuid))
+        .await?;
+    let issued: Vec<String> = w.sim.issued_tokens().into_iter().filter(|(m, _)| *m == uuid).map(|(_, t)| t).collect();
+    ensure!(issued.contains(&report.token), "agent token {} was not issued for {uuid}", report.token);
+    ensure!(report.context == "ctx", "RS_CONTEXT {}", report.context);
+    ensure!(report.endpoints == w.sim.file_url(), "RS_ENDPOINTS {}", report.endpoints);
+    ensure!(report.args == "machines processjobs", "drpcli args {:?}", report.args);
+    ensure!(report.path == "/bin:/usr/bin:/usr/local/bin:/sbin:/usr/sbin:/usr/local/sbin", "PATH {}", report.path);
+
+    // Clearing the Context stops the agent; setting it again starts one; deleting the
+    // machine stops it.
+    w.sim.put_machine(World::machine(&uuid, ""));
+    w.wait_agents(0, SETTLE).await?;
+    w.sim.put_machine(World::machine(&uuid, "ctx"));
+    w.wait_agents(1, SETTLE).await?;
+    w.sim.delete_machine(&uuid);
+    w.wait_agents(0, SETTLE).await?;
+
+    // A context that is not ours gets no agent; deleting our context stops its agents.
+    let mut foreign = w.context("foreign", &image);
+    foreign["Engine"] = json!("some-other-plugin");
+    w.sim.put_context(foreign);
+    w.sim.put_machine(World::machine(&uuid, "foreign"));
+    let other = unique("m");
+    w.sim.put_machine(World::machine(&other, "ctx"));
+    w.wait_agents(1, SETTLE).await?;
+    w.sim.delete_context("ctx");
+    w.wait_agents(0, SETTLE).await?;
+
+    let published = w.sim.published();
+    for action in ["agent-started", "agent-stopped"] {
+        ensure!(
+            published.iter().any(|e| e["Action"] == action && e["Object"]["Machine"] == uuid.as_str()),
+            "no {action} event published for {uuid}: {published:?}"
+        );
+    }
+    Ok(())
+}
+
+async fn image_actions_load_check_and_remove(w: &mut World) -> anyhow::Result<()> {
+    let image = image_name(w);
+    let params = json!({"context/image-name": image});
+    expect(w.action("imageExists", params.clone()).await?, 200, json!(false))?;
+    w.upload("plain.tar", &image).await?;
+    expect(w.action("imageExists", params.clone()).await?, 200, json!(true))?;
+    // Through the file server URL rather than the webroot, gzipped.
+    let second = format!("{image}-url");
+    let (code, body) = w
+        .action(
+            "imageUpload",
+            json!({"context/image-name": second, "context/image-path": format!("{}/files/fixtures/baked.tar.gz", w.sim.file_url())}),
+        )
+        .await?;
+    ensure!(code == 200 && body == json!(true), "upload by URL: {code} {body}");
+    expect(w.action("imageExists", json!({"context/image-name": second})).await?, 200, json!(true))?;
+    for name in [&image, &second] {
+        let params = json!({"context/image-name": name});
+        expect(w.action("imageRemove", params.clone()).await?, 200, json!(true))?;
+        expect(w.action("imageExists", params.clone()).await?, 200, json!(false))?;
+        // Removing what is absent succeeds too.
+        expect(w.action("imageRemove", params).await?, 200, json!(true))?;
+    }
+    Ok(())
+}
+
+async fn bad_image_input_is_refused_and_plugin_keeps_serving(w: &mut World) -> anyhow::Result<()> {
+    let image = image_name(w);
+    let cases = [
+        ("files/../../etc/passwd", 400, "'..'"),
+        ("files/fixtures/does-not-exist.tar", 502, "HTTP 404"),
+    ];
+    for (path, code, says) in cases {
+        let (got, body) = w
+            .action("imageUpload", json!({"context/image-name": image, "context/image-path": path}))
+            .await?;
+        ensure!(got == code, "imageUpload {path}: expected {code}, got {got}: {body}");
+        ensure_error_says(&body, says)?;
+    }
+    // A corrupt archive: the runtime's refusal comes back named.
+    std::fs::write(w.sim.webroot().join("files/fixtures/corrupt.tar"), b"this is not a tar archive at all")?;
+    let (got, body) = w
+        .action("imageUpload", json!({"context/image-name": image, "context/image-path": "files/fixtures/corrupt.tar"}))
+        .await?;
+    ensure!(got >= 400, "corrupt archive accepted: {got} {body}");
+    ensure_error_says(&body, &format!("engine '{}'", w.engine))?;
+    // Missing params and unknown engines are named.
+    let (got, body) = w.action("imageUpload", json!({"context/image-name": image})).await?;
+    ensure!(got == 400, "missing path: {got}");
+    ensure_error_says(&body, "context/image-path")?;
+    let (got, body) = w
+        .action("imageExists", json!({"context/image-name": image, "context/engine": "no-such-engine"}))
+        .await?;
+    ensure!(got == 400, "unknown engine: {got}");
+    ensure_error_says(&body, "no-such-engine")?;
+    // Still serving.
+    let (got, engines) = w.action("enginesList", json!({})).await?;
+    ensure!(got == 200, "enginesList after bad input: {got} {engines}");
+    let row = engines
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["name"] == w.engine.as_str()))
+        .context("engine under test missing from enginesList")?;
+    ensure!(row["state"] == "ready", "engine row {row}");
+    Ok(())
+}
+
+async fn missing_image_is_loaded_from_the_file_server(w: &mut World) -> anyhow::Result<()> {
+    let image = image_name(w);
+    let dir = w.sim.webroot().join(format!("files/contexts/{}", w.plugin_name));
+    let target = dir.join(&image);
+    std::fs::create_dir_all(target.parent().context("image path has a parent")?)?;
+    std::fs::copy(w.fixtures.join("plain.tar"), &target)?;
+    expect(w.action("imageExists", json!({"context/image-name": image})).await?, 200, json!(false))?;
+    w.sim.put_context(w.context("auto", &image));
+    let uuid = unique("m");
+    w.sim.put_machine(World::machine(&uuid, "auto"));
+    w.wait_agents(1, SETTLE).await?;
+    expect(w.action("imageExists", json!({"context/image-name": image})).await?, 200, json!(true))?;
+    Ok(())
+}
+
+async fn own_entrypoint_runs_without_drpcli(w: &mut World) -> anyhow::Result<()> {
+    let mut params = w.params();
+    params
+        .as_object_mut()
+        .context("params object")?
+        .remove("context-engines/drpcli");
+    let (code, body) = w.plugin().config(params).await?;
+    ensure!(code == 200, "reconfigure: {code} {body}");
+    let image = image_name(w);
+    w.upload("baked.tar", &image).await?;
+    w.sim.put_context(w.context("baked", &image));
+    let uuid = unique("m");
+    w.sim.put_machine(World::machine(&uuid, "baked"));
+    w.wait_agents(1, SETTLE).await?;
+    let report = w
+        .sim
+        .wait_for("agent report", SETTLE, || w.sim.agent_reports().into_iter().find(|r| r.uuid == uuid))
+        .await?;
+    ensure!(report.args == "machines processjobs", "image entrypoint args {:?}", report.args);
+    let agents = w.agents().await?;
+    let id = agents[0].id.clone().context("container id")?;
+    let inspected = w.runtime.inspect_container(&id, None).await?;
+    let mounts = inspected.mounts.unwrap_or_default();
+    ensure!(
+        !mounts.iter().any(|m| m.destination.as_deref() == Some("/usr/bin/drpcli")),
+        "drpcli was injected although none is configured: {mounts:?}"
+    );
+    Ok(())
+}
+
+async fn checksum_accepts_matching_and_rejects_other_archives(w: &mut World) -> anyhow::Result<()> {
+    let archive = std::fs::read(w.fixtures.join("plain.tar"))?;
+    let good = hex::encode(Sha256::digest(&archive));
+    let url = format!("{}/files/fixtures/plain.tar", w.sim.file_url());
+    let image = image_name(w);
+    let mut ctx = w.context("summed", &image);
+    ctx["Meta"]["Imagepull"] = json!(url);
+    ctx["Meta"]["Checksum"] = json!(format!("sha256:{good}"));
+    w.sim.put_context(ctx);
+    let first = unique("m");
+    w.sim.put_machine(World::machine(&first, "summed"));
+    w.wait_agents(1, SETTLE).await?;
+
+    let bad_image = format!("{image}-bad");
+    let mut bad = w.context("badsum", &bad_image);
+    bad["Meta"]["Imagepull"] = json!(url);
+    bad["Meta"]["Checksum"] = json!("0".repeat(64));
+    w.sim.put_context(bad);
+    let second = unique("m");
+    w.sim.put_machine(World::machine(&second, "badsum"));
+    let failure = w
+        .sim
+        .wait_for("agent-failed event", SETTLE, || {
+            w.sim
+                .published()
+                .into_iter()
+                .find(|e| e["Action"] == "agent-failed" && e["Object"]["Machine"] == second.as_str())
+        })
+        .await?;
+    let error = failure["Object"]["Error"].as_str().unwrap_or_default().to_string();
+    ensure!(error.contains(&good) && error.contains("rejected"), "failure says: {error}");
+    // Only the first machine has an agent, and the rejected image never reached the engine.
+    w.wait_agents(1, Duration::from_secs(5)).await?;
+    expect(w.action("imageExists", json!({"context/image-name": bad_image})).await?, 200, json!(false))?;
+    Ok(())
+}
+
+async fn restart_adopts_agents_and_removes_orphans(w: &mut World) -> anyhow::Result<()> {
+    let image = image_name(w);
+    w.upload("plain.tar", &image).await?;
+    w.sim.put_context(w.context("ctx", &image));
+    let (kept, orphaned) = (unique("m"), unique("m"));
+    w.sim.put_machine(World::machine(&kept, "ctx"));
+    w.sim.put_machine(World::machine(&orphaned, "ctx"));
+    let before = w.wait_agents(2, SETTLE).await?;
+    w.stop_plugin().await?;
+    ensure!(w.sim.leaving() >= 1, "the plugin did not post /leaving on stop");
+    // While the plugin is away, a machine leaves; its event is lost.
+    w.sim.delete_machine(&orphaned);
+    ensure!(w.running_agents().await?.len() == 2, "agents must survive the plugin stopping");
+    let connects = w.sim.ws_connects();
+    w.start_plugin().await?;
+    w.sim
+        .wait_for("plugin reconnect", SETTLE, || (w.sim.ws_connects() > connects).then_some(()))
+        .await?;
+    let after = w.wait_agents(1, SETTLE).await?;
+    let kept_before = before
+        .iter()
+        .find(|c| c.labels.as_ref().and_then(|l| l.get("drp.machine")) == Some(&kept))
+        .and_then(|c| c.id.clone())
+        .context("kept agent before restart")?;
+    ensure!(after[0].id.as_deref() == Some(kept_before.as_str()), "the healthy agent was restarted: {:?} != {kept_before}", after[0].id);
+    Ok(())
+}
+
+async fn missed_events_are_recovered_after_reconnect(w: &mut World) -> anyhow::Result<()> {
+    let image = image_name(w);
+    w.upload("plain.tar", &image).await?;
+    w.sim.put_context(w.context("ctx", &image));
+    w.sim
+        .wait_for("first connection", SETTLE, || (w.sim.ws_connects() >= 1).then_some(()))
+        .await?;
+    let connects = w.sim.ws_connects();
+    w.sim.refuse_websockets(true);
+    w.sim.drop_websockets();
+    // Events while disconnected are lost to the plugin.
+    let uuid = unique("m");
+    w.sim.put_machine(World::machine(&uuid, "ctx"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(w.agents().await?.is_empty(), "an agent started without the event reaching the plugin");
+    w.sim.refuse_websockets(false);
+    w.sim
+        .wait_for("reconnect", SETTLE, || (w.sim.ws_connects() > connects).then_some(()))
+        .await?;
+    w.wait_agents(1, SETTLE).await?;
+    Ok(())
+}
+
+async fn image_change_replaces_agents(w: &mut World) -> anyhow::Result<()> {
+    let (first, second) = (image_name(w), format!("{}-2", image_name(w)));
+    w.upload("plain.tar", &first).await?;
+    w.upload("baked.tar", &second).await?;
+    w.sim.put_context(w.context("ctx", &first));
+    let uuid = unique("m");
+    w.sim.put_machine(World::machine(&uuid, "ctx"));
+    let before = w.wait_agents(1, SETTLE).await?;
+    w.sim.put_context(w.context("ctx", &second));
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let now = w.running_agents().await?;
+        let replaced = now.len() == 1
+            && now[0].id != before[0].id
+            && now[0].labels.as_ref().and_then(|l| l.get("drp.image")) == Some(&second);
+        if replaced && w.agents().await?.len() == 1 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("agent not replaced after the image change: {now:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn agent_actions_are_idempotent(w: &mut World) -> anyhow::Result<()> {
+    let image = image_name(w);
+    w.upload("plain.tar", &image).await?;
+    w.sim.put_context(w.context("manual", &image));
+    // The machine is in the context, as dr-provision has it when it calls agentStart.
+    let uuid = unique("m");
+    let machine = World::machine(&uuid, "manual");
+    w.sim.put_machine(machine.clone());
+    let params = json!({"context/name": "manual", "context/image-name": image});
+    let (code, first) = w.machine_action(&machine, "agentStart", params.clone()).await?;
+    ensure!(code == 200, "agentStart: {code} {first}");
+    let (code, second) = w.machine_action(&machine, "agentStart", params).await?;
+    ensure!(code == 200 && first["Id"] == second["Id"], "second agentStart changed the agent: {first} vs {second}");
+    w.wait_agents(1, SETTLE).await?;
+    let stop = json!({"context/name": "manual"});
+    expect(w.machine_action(&machine, "agentStop", stop.clone()).await?, 200, json!(true))?;
+    w.wait_agents(0, Duration::from_secs(5)).await?;
+    expect(w.machine_action(&machine, "agentStop", stop).await?, 200, json!(true))?;
+    // A Model that is no machine is named as such.
+    let (code, body) = w.plugin().action(json!({"Name": "x"}), "agentStart", json!({"context/name": "manual", "context/image-name": image})).await?;
+    ensure!(code == 400, "agentStart without a machine: {code}");
+    ensure_error_says(&body, "Uuid")?;
+    Ok(())
+}
+
+async fn burst_of_machines_converges(w: &mut World) -> anyhow::Result<()> {
+    const N: usize = 24;
+    let image = image_name(w);
+    w.upload("plain.tar", &image).await?;
+    w.sim.put_context(w.context("burst", &image));
+    let machines: Vec<String> = (0..N).map(|_| unique("m")).collect();
+    for uuid in &machines {
+        w.sim.put_machine(World::machine(uuid, "burst"));
+        // Several quick updates per machine must still end in one agent.
+        w.sim.put_machine(World::machine(uuid, "burst"));
+    }
+    w.wait_agents(N, Duration::from_secs(180)).await?;
+    for uuid in &machines {
+        w.sim.put_machine(World::machine(uuid, ""));
+    }
+    w.wait_agents(0, Duration::from_secs(180)).await?;
+    let failures: Vec<Value> = w.sim.published().into_iter().filter(|e| e["Action"] == "agent-failed").collect();
+    ensure!(failures.is_empty(), "failures during the burst: {failures:?}");
+    Ok(())
+}
+
+fn expect(got: (u16, Value), code: u16, body: Value) -> anyhow::Result<()> {
+    ensure!(got == (code, body.clone()), "expected {code} {body}, got {} {}", got.0, got.1);
+    Ok(())
+}
+
+fn ensure_error_says(body: &Value, needle: &str) -> anyhow::Result<()> {
+    let messages = body["Messages"].to_string();
+    ensure!(body["Code"].is_number(), "not an Error JSON: {body}");
+    ensure!(messages.contains(needle), "error should mention {needle:?}: {messages}");
+    Ok(())
+}
