@@ -14,6 +14,28 @@ fn main() {
     let bundle = bundle(&content).unwrap_or_else(|e| panic!("content/: {e}"));
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     fs::write(out.join("content.yaml"), bundle).expect("write content bundle");
+    fs::write(out.join("bundled_engines.rs"), bundled_engines()).expect("write engine list");
+}
+
+/// The WASM engines `unpack` writes, embedded from engines-wasm/'s build output
+/// (engines-wasm/build.sh; scripts/test.sh runs it first). Missing ones are left out
+/// with a warning, so the host still builds without the wasm32 target.
+const BUNDLED: &[&str] = &["docker-api", "null"];
+
+fn bundled_engines() -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engines-wasm/target/engines");
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut entries = String::new();
+    for name in BUNDLED {
+        let file = dir.join(format!("{name}.wasm"));
+        println!("cargo:rerun-if-changed={}", file.display());
+        if file.is_file() {
+            entries.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", file.display().to_string()));
+        } else {
+            println!("cargo:warning=bundled engine {} not built; run engines-wasm/build.sh", file.display());
+        }
+    }
+    format!("pub const BUNDLED_ENGINES: &[(&str, &[u8])] = &[\n{entries}];\n")
 }
 
 fn bundle(dir: &Path) -> Result<String, String> {

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs and starts the container runtimes the tests and the demo need, on a fresh
-# Debian machine: dockerd (API 1.41) and Podman's REST service. Idempotent: a runtime
-# that already answers is left alone. Fails loudly when one does not come up.
+# Debian machine: dockerd (API 1.41) and Podman's REST service, each also exposed on a
+# loopback TCP port (for the docker-api WASM engine, which speaks HTTP over TCP).
+# Idempotent: a runtime that already answers is left alone. Fails loudly when one does
+# not come up.
 set -euo pipefail
 
 log() { echo "runtimes: $*" >&2; }
@@ -16,6 +18,7 @@ command -v podman >/dev/null || need_pkgs+=(podman)
 command -v runc >/dev/null || need_pkgs+=(runc)
 [ -x /bin/busybox ] || need_pkgs+=(busybox-static)
 command -v curl >/dev/null || need_pkgs+=(curl)
+command -v socat >/dev/null || need_pkgs+=(socat)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -56,3 +59,17 @@ if ! answers "$PODMAN_SOCK"; then
   answers "$PODMAN_SOCK" || { tail -20 /var/log/podman-service.log >&2; die "podman did not answer on $PODMAN_SOCK"; }
 fi
 log "podman answers on $PODMAN_SOCK"
+
+# The Engine API on loopback TCP, for WASM engines (wasi:http has no unix sockets).
+DOCKER_TCP=127.0.0.1:23750
+PODMAN_TCP=127.0.0.1:23760
+tcp_answers() { curl -sf --max-time 3 "http://$1/_ping" >/dev/null 2>&1; }
+expose() { # sock addr
+  tcp_answers "$2" && return 0
+  nohup socat "TCP-LISTEN:${2##*:},bind=${2%%:*},fork,reuseaddr" "UNIX-CONNECT:$1" >/dev/null 2>&1 &
+  for _ in $(seq 1 30); do tcp_answers "$2" && break; sleep 0.2; done
+  tcp_answers "$2" || die "$1 is not reachable on tcp://$2"
+}
+expose "$DOCKER_SOCK" "$DOCKER_TCP"
+expose "$PODMAN_SOCK" "$PODMAN_TCP"
+log "docker on tcp://$DOCKER_TCP, podman on tcp://$PODMAN_TCP"

@@ -7,11 +7,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/runtimes.sh
 bash scripts/fixtures.sh
+# The WASM engines first: the host embeds docker-api and null, the tests load them all.
+bash engines-wasm/build.sh
 cargo build --release --locked --workspace --all-targets
-# Agents a crashed earlier run left behind (test plugin names start with "cet-").
+# Agents a crashed earlier run left behind: only those of test plugins ("cet-…").
 for sock in /var/run/docker.sock /run/podman/podman.sock; do
-  ids=$(curl -sf --unix-socket "$sock" 'http://d/v1.41/containers/json?all=1&filters=%7B%22label%22%3A%5B%22drp.plugin%22%5D%7D' \
-        | grep -o '"Id":"[0-9a-f]*"' | cut -d'"' -f4 || true)
-  for id in $ids; do curl -sf -X DELETE --unix-socket "$sock" "http://d/v1.41/containers/$id?force=1" >/dev/null || true; done
+  curl -sf --unix-socket "$sock" 'http://d/v1.41/containers/json?all=1' | python3 -c '
+import json, sys
+for c in json.load(sys.stdin):
+    if (c.get("Labels") or {}).get("drp.plugin", "").startswith("cet-"):
+        print(c["Id"])' | while read -r id; do
+    curl -sf -X DELETE --unix-socket "$sock" "http://d/v1.41/containers/$id?force=1" >/dev/null || true
+  done
 done
-cargo test --release --locked --workspace -- --test-threads=4
+cargo test --release --locked --workspace --lib --bins \
+  --test engines --test protocol --test mixed --test wasm -- --test-threads=4
+# Fault tests stop and restart dockerd, so they run alone, after everything else.
+cargo test --release --locked -p ce-tests --test faults -- --test-threads=1

@@ -13,7 +13,7 @@ use crate::engine::{Engine, EngineError};
 use crate::images::ImageError;
 use crate::params::{self, ParamError};
 use crate::plugin::Plugin;
-use crate::reconciler::Reconciler;
+use crate::reconciler::{AgentFailure, Reconciler};
 use crate::registry::UnknownEngine;
 
 /// The body of `/api-plugin/v4/action`.
@@ -115,7 +115,7 @@ async fn agent_start(
     plugin.registry.get(&engine_name)?;
     let agent = Agent::new(&machine.uuid, &context, &engine_name)?;
     let _machine = reconciler.lock_machine(&machine.uuid).await;
-    let info = reconciler.start(&agent, &context).await.map_err(|e| ApiError::new(502, e))?;
+    let info = reconciler.start(&agent, &context).await?;
     Ok(json!({
         "Name": agent.name,
         "Id": info.id,
@@ -158,7 +158,7 @@ async fn agent_stop(
         name,
         image: String::new(),
     };
-    reconciler.stop(&agent).await.map_err(|e| ApiError::new(502, e))?;
+    reconciler.stop(&agent).await?;
     Ok(Value::Bool(true))
 }
 
@@ -185,6 +185,7 @@ fn engine_error_code(e: &EngineError) -> u16 {
         EngineError::Unreachable { .. } => 503,
         EngineError::ImageMissing { .. } => 404,
         EngineError::BadArchive { .. } | EngineError::Rejected { .. } => 422,
+        EngineError::Misconfigured { .. } => 400,
         EngineError::Failed { .. } => 500,
     }
 }
@@ -209,6 +210,21 @@ fn image_error_code(e: &ImageError) -> u16 {
 
 impl From<AgentError> for ApiError {
     fn from(e: AgentError) -> ApiError {
-        ApiError::bad_request(e.to_string())
+        ApiError::new(agent_error_code(&e), e.to_string())
+    }
+}
+
+impl From<AgentFailure> for ApiError {
+    fn from(e: AgentFailure) -> ApiError {
+        ApiError::new(agent_error_code(&e.source), e.to_string())
+    }
+}
+
+fn agent_error_code(e: &AgentError) -> u16 {
+    match e {
+        AgentError::BadName(_) | AgentError::NoImage(_) | AgentError::UnknownEngine(_) => 400,
+        AgentError::Token(_) => 502,
+        AgentError::Image { source, .. } => image_error_code(source),
+        AgentError::Engine(engine) => engine_error_code(engine),
     }
 }

@@ -30,6 +30,8 @@ pub enum AgentError {
     Image { image: String, source: ImageError },
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    UnknownEngine(#[from] crate::registry::UnknownEngine),
 }
 
 /// An agent the plugin runs: which machine, which context, where, from what.

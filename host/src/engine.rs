@@ -76,6 +76,8 @@ pub enum EngineError {
     BadArchive { engine: String, cause: String },
     #[error("engine '{engine}' refused the request: {cause}")]
     Rejected { engine: String, cause: String },
+    #[error("engine '{engine}' is misconfigured: {cause}")]
+    Misconfigured { engine: String, cause: String },
     #[error("engine '{engine}' failed: {cause}")]
     Failed { engine: String, cause: String },
 }

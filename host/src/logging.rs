@@ -95,6 +95,10 @@ pub fn forward_to(socket: Arc<DrpSocket>) {
             if let Err(e) = socket.log(&line).await {
                 eprintln!("context-engines: could not forward a log line to dr-provision: {e}");
             }
+            let dropped = FORWARD.dropped.swap(0, Ordering::Relaxed);
+            if dropped > 0 {
+                eprintln!("context-engines: {dropped} log lines were not forwarded to dr-provision (queue full)");
+            }
         }
     });
 }

@@ -1,24 +1,6 @@
 //! `context-engines`: a dr-provision plugin provider that keeps one agent per machine
 //! running wherever its Context says, through pluggable engines.
 
-mod actions;
-mod agents;
-mod api_error;
-mod drp;
-mod drp_socket;
-mod engine;
-mod engines;
-mod environment;
-mod events;
-mod images;
-mod logging;
-mod params;
-mod plugin;
-mod protocol;
-mod provider;
-mod reconciler;
-mod registry;
-mod tls;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -28,11 +10,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::drp_socket::DrpSocket;
-use crate::environment::Environment;
-use crate::params::Settings;
-use crate::plugin::Plugin;
-use crate::protocol::Service;
+use context_engines::drp_socket::DrpSocket;
+use context_engines::environment::Environment;
+use context_engines::params::Settings;
+use context_engines::plugin::Plugin;
+use context_engines::protocol::Service;
 
 #[derive(Parser)]
 #[command(name = "context-engines", version, about = "dr-provision plugin provider: Contexts run as agents through pluggable engines")]
@@ -49,17 +31,31 @@ enum Command {
     Unpack { dir: PathBuf },
     /// Serve dr-provision on TO_PLUGIN_SOCK, talking back over FROM_PLUGIN_SOCK.
     Listen { to_plugin_sock: PathBuf, from_plugin_sock: PathBuf },
+    /// Tools for WASM engine authors.
+    Engines {
+        #[command(subcommand)]
+        command: EnginesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EnginesCommand {
+    /// Validate FILE against the engine world and print what it exports and imports.
+    Check { file: PathBuf },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Define => print_json(&provider::define()),
-        Command::Unpack { dir } => provider::unpack(&dir).map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", dir.display())),
+        Command::Define => print_json(&context_engines::provider::define()),
+        Command::Unpack { dir } => context_engines::provider::unpack(&dir).map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", dir.display())),
         Command::Listen {
             to_plugin_sock,
             from_plugin_sock,
         } => listen(to_plugin_sock, from_plugin_sock),
+        Command::Engines {
+            command: EnginesCommand::Check { file },
+        } => check_engine(&file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,6 +64,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn check_engine(file: &std::path::Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = runtime
+        .block_on(context_engines::wasm::check::check(file))
+        .map_err(|e| anyhow::anyhow!("engines check: {e}"))?;
+    print!("{report}");
+    Ok(())
 }
 
 fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
@@ -80,17 +85,17 @@ fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
 fn listen(to_plugin_sock: PathBuf, from_plugin_sock: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        logging::init();
+        context_engines::logging::init();
         let env = Environment::from_process();
         let socket = DrpSocket::new(&from_plugin_sock);
-        logging::forward_to(Arc::new(socket.clone()));
+        context_engines::logging::forward_to(Arc::new(socket.clone()));
         let settings = Settings::from_params(&serde_json::json!({}), &env)?;
-        let scratch = std::env::current_dir()?;
-        let plugin = Arc::new(Plugin::new(env, socket.clone(), settings, scratch)?);
-        let service = Service::new(plugin);
-        let listener = protocol::bind(&to_plugin_sock)
+        let scratch_dir = std::env::current_dir()?;
+        let plugin = Arc::new(Plugin::new(env, socket.clone(), settings, scratch_dir.clone())?);
+        let service = Service::new(plugin, Some(scratch_dir.join("wasm-cache")));
+        let listener = context_engines::protocol::bind(&to_plugin_sock)
             .map_err(|e| anyhow::anyhow!("binding {}: {e}", to_plugin_sock.display()))?;
-        let server = tokio::spawn(protocol::serve(listener, Arc::clone(&service)));
+        let server = tokio::spawn(context_engines::protocol::serve(listener, Arc::clone(&service)));
         {
             let mut out = std::io::stdout().lock();
             writeln!(out, "READY!")?;

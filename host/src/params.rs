@@ -17,6 +17,8 @@ pub const ENGINE_CONFIG: &str = "context-engines/engine-config";
 pub const AGENT_NETWORK: &str = "context-engines/agent-network";
 pub const DRPCLI: &str = "context-engines/drpcli";
 pub const MAX_PARALLEL: &str = "context-engines/max-parallel";
+pub const WASM_DEADLINE_MS: &str = "context-engines/wasm-deadline-ms";
+pub const WASM_MEMORY_MB: &str = "context-engines/wasm-memory-mb";
 
 /// All plugin params, in the order `define` lists them.
 pub const ALL: &[&str] = &[
@@ -28,6 +30,8 @@ pub const ALL: &[&str] = &[
     AGENT_NETWORK,
     DRPCLI,
     MAX_PARALLEL,
+    WASM_DEADLINE_MS,
+    WASM_MEMORY_MB,
 ];
 
 // Action params.
@@ -62,6 +66,8 @@ pub struct Settings {
     pub agent_network: String,
     pub drpcli: Option<PathBuf>,
     pub max_parallel: usize,
+    pub wasm_deadline_ms: u64,
+    pub wasm_memory_mb: u64,
 }
 
 impl Settings {
@@ -71,19 +77,7 @@ impl Settings {
             Some(_) => string_list(params, ENDPOINTS)?,
             None => env.endpoint.iter().cloned().collect(),
         };
-        let max_parallel = match params.get(MAX_PARALLEL) {
-            None | Some(Value::Null) => 16,
-            Some(v) => match v.as_u64() {
-                Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
-                _ => {
-                    return Err(ParamError::WrongType {
-                        name: MAX_PARALLEL.to_string(),
-                        expected: "a whole number of at least 1",
-                        got: v.to_string(),
-                    });
-                }
-            },
-        };
+        let max_parallel = positive(params, MAX_PARALLEL, 16)?;
         Ok(Settings {
             plugin_name: optional_string(params, PLUGIN_NAME)?
                 .unwrap_or_else(|| "context-engines".to_string()),
@@ -97,8 +91,17 @@ impl Settings {
             agent_network: optional_string(params, AGENT_NETWORK)?
                 .unwrap_or_else(|| "host".to_string()),
             drpcli: optional_string(params, DRPCLI)?.map(PathBuf::from),
-            max_parallel,
+            max_parallel: usize::try_from(max_parallel).unwrap_or(usize::MAX),
+            wasm_deadline_ms: positive(params, WASM_DEADLINE_MS, 30_000)?,
+            wasm_memory_mb: positive(params, WASM_MEMORY_MB, 64)?,
         })
+    }
+
+    pub fn wasm_limits(&self) -> crate::wasm::Limits {
+        crate::wasm::Limits {
+            deadline: std::time::Duration::from_millis(self.wasm_deadline_ms),
+            memory_bytes: usize::try_from(self.wasm_memory_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
+        }
     }
 
     /// The settings object an engine gets from `engine-config` (empty when absent).
@@ -128,6 +131,21 @@ pub fn optional_string(params: &Map<String, Value>, name: &str) -> Result<Option
 
 pub fn required_string(params: &Map<String, Value>, name: &str) -> Result<String, ParamError> {
     optional_string(params, name)?.ok_or_else(|| ParamError::Missing(name.to_string()))
+}
+
+/// A whole number of at least 1, or `default` when absent.
+fn positive(params: &Map<String, Value>, name: &str, default: u64) -> Result<u64, ParamError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 => Ok(n),
+            _ => Err(ParamError::WrongType {
+                name: name.to_string(),
+                expected: "a whole number of at least 1",
+                got: v.to_string(),
+            }),
+        },
+    }
 }
 
 fn string_list(params: &Map<String, Value>, name: &str) -> Result<Vec<String>, ParamError> {

@@ -25,6 +25,8 @@ use crate::events;
 use crate::params::Settings;
 use crate::plugin::Plugin;
 use crate::reconciler::Reconciler;
+use crate::wasm::WasmRuntime;
+use crate::wasm::directory::EngineDirectory;
 
 /// Bodies are params and machine objects; anything near this size is not one.
 const MAX_BODY: usize = 8 * 1024 * 1024;
@@ -32,14 +34,24 @@ const MAX_BODY: usize = 8 * 1024 * 1024;
 pub struct Service {
     pub plugin: Arc<Plugin>,
     pub reconciler: Arc<Reconciler>,
+    /// WASM engines; `None` when the WebAssembly runtime could not start here.
+    engines: Option<Arc<EngineDirectory>>,
     configured: AtomicBool,
     shutdown: watch::Sender<bool>,
 }
 
 impl Service {
-    pub fn new(plugin: Arc<Plugin>) -> Arc<Service> {
+    pub fn new(plugin: Arc<Plugin>, wasm_cache: Option<std::path::PathBuf>) -> Arc<Service> {
+        let engines = match WasmRuntime::new(wasm_cache) {
+            Ok(runtime) => Some(Arc::new(EngineDirectory::new(runtime))),
+            Err(e) => {
+                tracing::error!("the WebAssembly runtime did not start, WASM engines are unavailable: {e:#}");
+                None
+            }
+        };
         Arc::new(Service {
             reconciler: Reconciler::new(Arc::clone(&plugin)),
+            engines,
             plugin,
             configured: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
@@ -77,7 +89,7 @@ impl Service {
         }
         let body = json_body(request).await?;
         match verb {
-            "config" => self.config(&body).map(|()| json!({"Code": 200})),
+            "config" => self.config(&body).await.map(|()| json!({"Code": 200})),
             "action" => {
                 let action: Action = serde_json::from_value(body)
                     .map_err(|e| ApiError::bad_request(format!("the body is not an Action: {e}")))?;
@@ -95,7 +107,7 @@ impl Service {
 
     /// Applies params in place. The first config starts the event stream (which runs
     /// the first full reconcile); later ones re-reconcile when they change what is ours.
-    fn config(&self, params: &Value) -> Result<(), ApiError> {
+    async fn config(&self, params: &Value) -> Result<(), ApiError> {
         let settings = Settings::from_params(params, &self.plugin.env).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let max_parallel = settings.max_parallel;
         let previous = self.plugin.reconfigure(settings);
@@ -103,12 +115,15 @@ impl Service {
             self.reconciler.set_max_parallel(max_parallel);
         }
         if !self.configured.swap(true, Ordering::SeqCst) {
-            tracing::info!("configured; starting the event stream");
-            tokio::spawn(events::run(
-                Arc::clone(&self.plugin),
-                Arc::clone(&self.reconciler),
-                self.shutdown_signal(),
-            ));
+            tracing::info!("configured; loading WASM engines and starting the event stream");
+            let (plugin, reconciler, shutdown) = (Arc::clone(&self.plugin), Arc::clone(&self.reconciler), self.shutdown_signal());
+            // Engines are loaded before config answers, so every engine in the directory
+            // is usable by the first action and the first reconcile.
+            if let Some(engines) = self.engines.clone() {
+                engines.scan(&plugin).await;
+                tokio::spawn(engines.watch(Arc::clone(&plugin), Arc::clone(&reconciler), shutdown.clone()));
+            }
+            tokio::spawn(events::run(plugin, reconciler, shutdown));
         } else if *previous != *self.plugin.settings() {
             tracing::info!("reconfigured; reconciling everything");
             self.reconciler.request_resync();

@@ -11,8 +11,8 @@ use crate::params;
 /// The content pack built from `content/` by build.rs.
 pub const CONTENT: &str = include_str!(concat!(env!("OUT_DIR"), "/content.yaml"));
 
-/// WASM engines built from `engines-wasm/` and embedded by build.rs: (name, bytes).
-pub const BUNDLED_ENGINES: &[(&str, &[u8])] = &[];
+// WASM engines built from `engines-wasm/` and embedded by build.rs: (name, bytes).
+include!(concat!(env!("OUT_DIR"), "/bundled_engines.rs"));
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]

@@ -23,6 +23,35 @@ use crate::plugin::Plugin;
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
+/// A start or stop that failed, saying which agent on which engine.
+#[derive(Debug, thiserror::Error)]
+#[error("{doing} agent {agent} on engine '{engine}': {source}")]
+pub struct AgentFailure {
+    doing: &'static str,
+    agent: String,
+    engine: String,
+    #[source]
+    pub source: AgentError,
+}
+
+impl AgentFailure {
+    fn new(doing: &'static str, agent: &Agent, source: AgentError) -> AgentFailure {
+        AgentFailure {
+            doing,
+            agent: agent.name.clone(),
+            engine: agent.engine.clone(),
+            source,
+        }
+    }
+}
+
+/// The outcome of comparing one machine's desired and actual agents.
+#[derive(Debug, Default, PartialEq)]
+pub struct Decision {
+    pub stop: Vec<Agent>,
+    pub start: Option<(Agent, Context)>,
+}
+
 #[derive(Default)]
 struct Work {
     running: bool,
@@ -153,18 +182,27 @@ impl Reconciler {
             .collect()
     }
 
-    /// Applies one event from dr-provision's bus.
+    /// Applies one event from dr-provision's bus and queues the machines it touches.
     pub fn on_event(self: &Arc<Self>, event: &Event) -> Result<(), String> {
+        for uuid in self.apply(event)? {
+            self.mark(uuid);
+        }
+        Ok(())
+    }
+
+    /// Updates the cached machines/contexts from one event; returns the machines whose
+    /// desired state may have changed. No I/O.
+    pub fn apply(&self, event: &Event) -> Result<BTreeSet<String>, String> {
         match (event.kind.as_str(), event.action.as_str()) {
             ("machines", "delete") => {
                 self.state().machines.remove(&event.key);
-                self.mark(event.key.clone());
+                Ok(BTreeSet::from([event.key.clone()]))
             }
             ("machines", _) => {
                 let machine: Machine = event.object()?;
                 let uuid = if machine.uuid.is_empty() { event.key.clone() } else { machine.uuid.clone() };
                 self.state().machines.insert(uuid.clone(), Machine { uuid: uuid.clone(), ..machine });
-                self.mark(uuid);
+                Ok(BTreeSet::from([uuid]))
             }
             ("contexts", action) => {
                 let name = event.key.clone();
@@ -174,13 +212,10 @@ impl Reconciler {
                     let context: Context = event.object()?;
                     self.state().contexts.insert(name.clone(), Context { name: name.clone(), ..context });
                 }
-                for uuid in self.machines_touching(&name) {
-                    self.mark(uuid);
-                }
+                Ok(self.machines_touching(&name))
             }
-            _ => {}
+            _ => Ok(BTreeSet::new()),
         }
-        Ok(())
     }
 
     fn machines_touching(&self, context: &str) -> BTreeSet<String> {
@@ -273,56 +308,68 @@ impl Reconciler {
         Ok(Some((Agent::new(uuid, context, &engine)?, context.clone())))
     }
 
+    /// What to do for one machine, from the cached desired and actual state. No I/O.
+    pub fn decide(&self, uuid: &str) -> Result<Decision, AgentError> {
+        let desired = self.desired(uuid)?;
+        let actual = self.state().actual.get(uuid).cloned().unwrap_or_default();
+        let mut decision = Decision::default();
+        let mut keep = false;
+        for agent in actual {
+            if !keep && desired.as_ref().is_some_and(|(want, _)| *want == agent) {
+                keep = true;
+            } else {
+                decision.stop.push(agent);
+            }
+        }
+        decision.start = desired.filter(|_| !keep);
+        Ok(decision)
+    }
+
     /// Makes the actual state of one machine match its desired state.
     async fn settle(&self, uuid: &str) -> Result<(), String> {
         let _machine = self.lock_machine(uuid).await;
-        let desired = self.desired(uuid).map_err(|e| e.to_string())?;
-        let actual = self.state().actual.get(uuid).cloned().unwrap_or_default();
-        let mut keep = false;
-        for agent in actual {
-            if desired.as_ref().is_some_and(|(want, _)| *want == agent) && !keep {
-                keep = true;
-                continue;
-            }
-            self.stop(&agent).await?;
+        let decision = self.decide(uuid).map_err(|e| e.to_string())?;
+        for agent in &decision.stop {
+            self.stop(agent).await.map_err(|e| e.to_string())?;
         }
-        match desired {
-            Some((want, context)) if !keep => self.start(&want, &context).await.map(|_| ()),
-            _ => Ok(()),
+        if let Some((agent, context)) = &decision.start {
+            self.start(agent, context).await.map_err(|e| e.to_string())?;
         }
+        Ok(())
     }
 
-    /// Starts `agent` and records it. Caller holds the machine lock.
-    pub async fn start(&self, agent: &Agent, context: &Context) -> Result<AgentInfo, String> {
-        let engine = self.plugin.registry.get(&agent.engine).map_err(|e| e.to_string())?;
+    /// Starts `agent` and records it; a failure is published as `agent-failed`. Caller
+    /// holds the machine lock.
+    pub async fn start(&self, agent: &Agent, context: &Context) -> Result<AgentInfo, AgentFailure> {
         let first_of_context = !self
             .state()
             .actual
             .values()
             .flatten()
             .any(|a| a.context == agent.context && a.machine != agent.machine);
-        match agents::start(&self.plugin, engine, agent, context, first_of_context).await {
+        let started = async {
+            let engine = self.plugin.registry.get(&agent.engine)?;
+            agents::start(&self.plugin, engine, agent, context, first_of_context).await
+        };
+        match started.await {
             Ok(info) => {
                 self.record(agent, true);
                 tracing::info!(agent = %agent.name, engine = %agent.engine, image = %agent.image, "agent running");
                 self.plugin.publish("agent-started", &agent.name, agent_event(agent, None)).await;
                 Ok(info)
             }
-            Err(e) => {
-                let error = format!("starting agent {} on engine '{}': {e}", agent.name, agent.engine);
-                self.plugin.publish("agent-failed", &agent.name, agent_event(agent, Some(&error))).await;
-                Err(error)
+            Err(source) => {
+                let failure = AgentFailure::new("starting", agent, source);
+                self.plugin.publish("agent-failed", &agent.name, agent_event(agent, Some(&failure.to_string()))).await;
+                Err(failure)
             }
         }
     }
 
     /// Stops `agent` and forgets it. Caller holds the machine lock.
-    pub async fn stop(&self, agent: &Agent) -> Result<bool, String> {
-        let engine = self.plugin.registry.get(&agent.engine).map_err(|e| e.to_string())?;
-        let existed = engine
-            .agent_stop(&agent.name)
-            .await
-            .map_err(|e| format!("stopping agent {} on engine '{}': {e}", agent.name, agent.engine))?;
+    pub async fn stop(&self, agent: &Agent) -> Result<bool, AgentFailure> {
+        let stopped = async { Ok::<_, AgentError>(self.plugin.registry.get(&agent.engine)?.agent_stop(&agent.name).await?) };
+        let existed = stopped.await.map_err(|source| AgentFailure::new("stopping", agent, source))?;
         self.record(agent, false);
         if existed {
             tracing::info!(agent = %agent.name, engine = %agent.engine, "agent stopped");
@@ -378,4 +425,66 @@ fn agent_event(agent: &Agent, error: Option<&str>) -> Value {
         object["Error"] = Value::String(error.to_string());
     }
     object
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drp_socket::DrpSocket;
+    use crate::environment::Environment;
+    use crate::params::Settings;
+
+    fn reconciler() -> Arc<Reconciler> {
+        let env = Environment::default();
+        let settings = Settings::from_params(&json!({}), &env).expect("defaults");
+        let socket = DrpSocket::new(std::path::Path::new("/nonexistent.sock"));
+        let plugin = Plugin::new(env, socket, settings, std::env::temp_dir()).expect("plugin");
+        Reconciler::new(Arc::new(plugin))
+    }
+
+    fn event(kind: &str, action: &str, key: &str, object: Value) -> Event {
+        serde_json::from_value(json!({"Type": kind, "Action": action, "Key": key, "Object": object})).expect("event")
+    }
+
+    fn context(name: &str, engine: &str, image: &str) -> Value {
+        json!({"Name": name, "Engine": engine, "Image": image, "Meta": {}})
+    }
+
+    #[test]
+    fn a_machine_in_our_context_gets_one_agent_and_others_none() {
+        let r = reconciler();
+        r.apply(&event("contexts", "create", "ours", context("ours", "context-engines", "img:1"))).expect("ctx");
+        r.apply(&event("contexts", "create", "theirs", context("theirs", "other-plugin", "img:1"))).expect("ctx");
+        let touched = r.apply(&event("machines", "update", "m1", json!({"Uuid": "m1", "Context": "ours"}))).expect("m1");
+        assert_eq!(touched, BTreeSet::from(["m1".to_string()]));
+        let decision = r.decide("m1").expect("decide");
+        let (agent, _) = decision.start.expect("an agent to start");
+        assert_eq!((agent.name.as_str(), agent.engine.as_str(), agent.image.as_str()), ("drp-ours-m1", "docker", "img:1"));
+        r.apply(&event("machines", "update", "m2", json!({"Uuid": "m2", "Context": "theirs"}))).expect("m2");
+        assert_eq!(r.decide("m2").expect("decide"), Decision::default());
+    }
+
+    #[test]
+    fn a_running_agent_is_kept_replaced_on_image_change_and_stopped_when_the_machine_goes() {
+        let r = reconciler();
+        r.apply(&event("contexts", "create", "c", context("c", "context-engines", "img:1"))).expect("ctx");
+        r.apply(&event("machines", "create", "m", json!({"Uuid": "m", "Context": "c"}))).expect("m");
+        let (agent, _) = r.decide("m").expect("decide").start.expect("start");
+        r.record(&agent, true);
+        assert_eq!(r.decide("m").expect("decide"), Decision::default(), "a matching agent is kept");
+        let touched = r.apply(&event("contexts", "update", "c", context("c", "context-engines", "img:2"))).expect("ctx");
+        assert!(touched.contains("m"));
+        let decision = r.decide("m").expect("decide");
+        assert_eq!(decision.stop, vec![agent.clone()]);
+        assert_eq!(decision.start.map(|(a, _)| a.image), Some("img:2".to_string()));
+        r.apply(&event("machines", "delete", "m", Value::Null)).expect("delete");
+        assert_eq!(r.decide("m").expect("decide").stop, vec![agent]);
+    }
+
+    #[test]
+    fn unreadable_objects_are_errors_not_guesses() {
+        let r = reconciler();
+        let err = r.apply(&event("machines", "update", "m", json!("not a machine"))).unwrap_err();
+        assert!(err.contains("machines.update") && err.contains("'m'"), "{err}");
+    }
 }

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use crate::engine::Engine;
 use crate::engines::runtime_api::{Flavor, RuntimeApiEngine};
 use crate::params::Settings;
+use crate::wasm::WasmEngine;
 
 #[derive(Debug, thiserror::Error)]
 #[error("unknown engine '{name}'{reason}; engines available: {known}")]
@@ -40,7 +41,7 @@ struct Native {
 #[derive(Default)]
 pub struct Registry {
     native: RwLock<BTreeMap<String, Native>>,
-    wasm: RwLock<BTreeMap<String, Arc<dyn Engine>>>,
+    wasm: RwLock<BTreeMap<String, Arc<WasmEngine>>>,
     /// Engine files that failed to load, with the reason: shown, never fatal.
     broken: RwLock<BTreeMap<String, String>>,
 }
@@ -61,11 +62,15 @@ impl Registry {
             let engine: Arc<dyn Engine> = Arc::new(RuntimeApiEngine::new(name, *flavor, host));
             native.insert(name.to_string(), Native { engine, settings: wanted });
         }
+        drop(native);
+        for (name, engine) in self.wasm.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            engine.reconfigure(&settings.engine_settings(name), settings.wasm_limits());
+        }
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<dyn Engine>, UnknownEngine> {
         if let Some(engine) = self.wasm.read().unwrap_or_else(|p| p.into_inner()).get(name) {
-            return Ok(Arc::clone(engine));
+            return Ok(Arc::clone(engine) as Arc<dyn Engine>);
         }
         if let Some(native) = self.native.read().unwrap_or_else(|p| p.into_inner()).get(name) {
             return Ok(Arc::clone(&native.engine));
@@ -94,7 +99,7 @@ impl Registry {
         names
     }
 
-    pub fn set_wasm(&self, engines: BTreeMap<String, Arc<dyn Engine>>, broken: BTreeMap<String, String>) {
+    pub fn set_wasm(&self, engines: BTreeMap<String, Arc<WasmEngine>>, broken: BTreeMap<String, String>) {
         *self.wasm.write().unwrap_or_else(|p| p.into_inner()) = engines;
         *self.broken.write().unwrap_or_else(|p| p.into_inner()) = broken;
     }

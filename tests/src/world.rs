@@ -47,11 +47,43 @@ pub fn fixtures() -> PathBuf {
     dir
 }
 
-/// The runtime socket an engine drives, for checking from outside the plugin.
-pub fn runtime_host(engine: &str) -> &'static str {
-    match engine {
-        "podman" => PODMAN_SOCK,
-        _ => DOCKER_SOCK,
+/// Where engines-wasm/build.sh put the WASM engines.
+pub fn wasm_engines() -> PathBuf {
+    let dir = std::env::var_os("CE_WASM_ENGINES").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../engines-wasm/target/engines")
+    });
+    assert!(
+        dir.join("docker-api.wasm").is_file(),
+        "WASM engines missing in {}: run engines-wasm/build.sh (scripts/test.sh does)",
+        dir.display()
+    );
+    dir
+}
+
+/// The Engine API of each runtime on loopback TCP (scripts/runtimes.sh), for WASM engines.
+pub const DOCKER_TCP: &str = "127.0.0.1:23750";
+pub const PODMAN_TCP: &str = "127.0.0.1:23760";
+
+/// One engine as the behaviour suite tests it: the engine name contexts use, the runtime
+/// it drives (checked directly by the tests), and for WASM engines the file to install
+/// and its engine-config entry.
+#[derive(Debug, Clone)]
+pub struct EngineUnderTest {
+    pub engine: &'static str,
+    pub runtime_sock: &'static str,
+    pub wasm_file: Option<&'static str>,
+    pub config: Value,
+}
+
+/// The engines the suite knows, by test id.
+pub fn engine_under_test(id: &str) -> EngineUnderTest {
+    let docker_api = |tcp: &str| json!({"base-url": format!("http://{tcp}"), "allowed-hosts": [tcp]});
+    match id {
+        "docker" => EngineUnderTest { engine: "docker", runtime_sock: DOCKER_SOCK, wasm_file: None, config: json!({"host": DOCKER_SOCK}) },
+        "podman" => EngineUnderTest { engine: "podman", runtime_sock: PODMAN_SOCK, wasm_file: None, config: json!({"host": PODMAN_SOCK}) },
+        "docker_api" => EngineUnderTest { engine: "docker-api", runtime_sock: DOCKER_SOCK, wasm_file: Some("docker-api.wasm"), config: docker_api(DOCKER_TCP) },
+        "docker_api_on_podman" => EngineUnderTest { engine: "docker-api", runtime_sock: PODMAN_SOCK, wasm_file: Some("docker-api.wasm"), config: docker_api(PODMAN_TCP) },
+        other => panic!("no engine under test called {other}"),
     }
 }
 
@@ -99,16 +131,25 @@ pub struct World {
     pub sim: Sim,
     pub plugin: Option<Plugin>,
     pub plugin_name: String,
+    /// The engine name contexts use.
     pub engine: String,
+    pub under_test: EngineUnderTest,
     pub runtime: Docker,
     pub fixtures: PathBuf,
 }
 
 impl World {
-    pub async fn new(engine: &str) -> anyhow::Result<World> {
+    /// A world for the engine under test `id` (see [`engine_under_test`]).
+    pub async fn new(id: &str) -> anyhow::Result<World> {
+        let under_test = engine_under_test(id);
         let sim = Sim::start().await?;
         let fixtures = fixtures();
-        let runtime = connect_runtime(runtime_host(engine)).await?;
+        let runtime = connect_runtime(under_test.runtime_sock).await?;
+        if let Some(file) = under_test.wasm_file {
+            let dir = sim.webroot().join("files/plugin_providers/context-engines/engines");
+            std::fs::create_dir_all(&dir)?;
+            std::fs::copy(wasm_engines().join(file), dir.join(file))?;
+        }
         // Archives are served by the simulator's file server and found under its webroot.
         let served = sim.webroot().join("files/fixtures");
         std::fs::create_dir_all(&served)?;
@@ -119,7 +160,8 @@ impl World {
             sim,
             plugin: None,
             plugin_name: unique("cet-"),
-            engine: engine.to_string(),
+            engine: under_test.engine.to_string(),
+            under_test,
             runtime,
             fixtures,
         };
@@ -138,6 +180,7 @@ impl World {
             "context-engines/engine-config": {
                 "docker": {"host": DOCKER_SOCK},
                 "podman": {"host": PODMAN_SOCK},
+                self.engine.clone(): self.under_test.config,
             },
             "context-engines/max-parallel": 8,
         })
@@ -216,7 +259,7 @@ impl World {
 
     /// Containers that carry this world's plugin label, running or not.
     pub async fn agents(&self) -> anyhow::Result<Vec<ContainerSummary>> {
-        list_containers(runtime_host(&self.engine), &format!("drp.plugin={}", self.plugin_name)).await
+        list_containers(self.under_test.runtime_sock, &format!("drp.plugin={}", self.plugin_name)).await
     }
 
     pub async fn running_agents(&self) -> anyhow::Result<Vec<ContainerSummary>> {

@@ -31,7 +31,7 @@ macro_rules! behaviour_suite {
 }
 
 behaviour_suite! {
-    engines: [docker, podman],
+    engines: [docker, podman, docker_api, docker_api_on_podman],
     scenarios: [
         agent_follows_the_machine_context,
         image_actions_load_check_and_remove,

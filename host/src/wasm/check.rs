@@ -1,0 +1,68 @@
+//! `context-engines engines check FILE.wasm`: what an engine author runs before
+//! shipping. Loads the component exactly as the plugin would, then reports what it
+//! exports and imports and what it says about itself.
+
+use std::path::Path;
+
+use wasmtime::component::types::ComponentItem;
+use wasmtime::{Store, StoreLimitsBuilder};
+
+use super::runtime::{Limits, WasmRuntime};
+use super::state::{Budget, GuestState};
+
+/// A report on stdout's behalf, or an error saying precisely why the file does not fit.
+pub async fn check(path: &Path) -> Result<String, String> {
+    let runtime = WasmRuntime::new(None).map_err(|e| format!("starting the WebAssembly runtime: {e:#}"))?;
+    let loaded = runtime.load(path).map_err(|e| e.to_string())?;
+    let mut report = format!(
+        "ok: {} implements context-engines:engine/engine@0.1.0\ncompiled in {} ms, sha256 {}\n",
+        path.display(),
+        loaded.compile_time.as_millis(),
+        loaded.sha256
+    );
+    let ty = loaded.component.component_type();
+    for (name, item) in ty.exports(&runtime.engine) {
+        report.push_str(&format!("exports {name}{}\n", functions(&runtime.engine, &item.ty)));
+    }
+    for (name, _) in ty.imports(&runtime.engine) {
+        report.push_str(&format!("imports {name}\n"));
+    }
+    let limits = Limits::default();
+    let state = GuestState::new("check", Vec::new(), StoreLimitsBuilder::new().memory_size(limits.memory_bytes).build());
+    let mut store = Store::new(&runtime.engine, state);
+    store.limiter(|state| &mut state.limits);
+    store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().budget.check()));
+    store.data_mut().budget = Budget::new(limits.deadline, None);
+    store.set_epoch_deadline(1);
+    let instance = loaded
+        .pre
+        .instantiate_async(&mut store)
+        .await
+        .map_err(|e| format!("{} does not instantiate: {e:#}", path.display()))?;
+    let info = instance
+        .context_engines_engine_lifecycle()
+        .call_describe(&mut store)
+        .await
+        .map_err(|e| format!("{}: describe trapped: {e:#}", path.display()))?;
+    report.push_str(&format!(
+        "describe: name={} version={} features=[{}]\n",
+        info.name,
+        info.version,
+        info.features.join(", ")
+    ));
+    Ok(report)
+}
+
+fn functions(engine: &wasmtime::Engine, item: &ComponentItem) -> String {
+    match item {
+        ComponentItem::ComponentInstance(instance) => {
+            let names: Vec<&str> = instance
+                .exports(engine)
+                .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentFunc(_)))
+                .map(|(name, _)| name)
+                .collect();
+            format!(": {}", names.join(", "))
+        }
+        _ => String::new(),
+    }
+}

@@ -1,0 +1,149 @@
+//! The engines directory: every `<name>.wasm` in it is engine `<name>`. Scanned at the
+//! first config and then every second; a file added, replaced or removed takes effect
+//! without a restart. A file that fails to load is reported (log and `enginesList`) and
+//! changes nothing else. A replaced engine's in-flight calls finish on the old version,
+//! which lives as long as they hold it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+use super::engine::WasmEngine;
+use super::runtime::WasmRuntime;
+use crate::plugin::Plugin;
+use crate::reconciler::Reconciler;
+
+const SCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// What identifies one version of a file cheaply; a change reloads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+enum Slot {
+    Loaded(Arc<WasmEngine>),
+    Broken(String),
+}
+
+pub struct EngineDirectory {
+    runtime: Arc<WasmRuntime>,
+    known: Mutex<BTreeMap<String, (Fingerprint, Arc<Slot>)>>,
+}
+
+impl EngineDirectory {
+    pub fn new(runtime: Arc<WasmRuntime>) -> EngineDirectory {
+        EngineDirectory {
+            runtime,
+            known: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Brings the registry in line with the directory; true when anything changed.
+    pub async fn scan(&self, plugin: &Plugin) -> bool {
+        let settings = plugin.settings();
+        let present = match &settings.engines_dir {
+            Some(dir) => list(dir),
+            None => BTreeMap::new(),
+        };
+        let mut changed = false;
+        let previous: BTreeMap<String, (Fingerprint, Arc<Slot>)> = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut next = BTreeMap::new();
+        for (name, (path, fingerprint)) in present {
+            if let Some((old, slot)) = previous.get(&name).filter(|(old, _)| *old == fingerprint) {
+                next.insert(name, (old.clone(), Arc::clone(slot)));
+                continue;
+            }
+            changed = true;
+            let slot = self.load(plugin, &name, &path).await;
+            next.insert(name, (fingerprint, Arc::new(slot)));
+        }
+        for name in previous.keys().filter(|n| !next.contains_key(*n)) {
+            tracing::info!("engine '{name}' removed from the engines directory");
+            changed = true;
+        }
+        if changed {
+            let mut engines = BTreeMap::new();
+            let mut broken = BTreeMap::new();
+            for (name, (_, slot)) in &next {
+                match slot.as_ref() {
+                    Slot::Loaded(engine) => {
+                        engines.insert(name.clone(), Arc::clone(engine));
+                    }
+                    Slot::Broken(why) => {
+                        broken.insert(name.clone(), why.clone());
+                    }
+                }
+            }
+            plugin.registry.set_wasm(engines, broken);
+            *self.known.lock().unwrap_or_else(|p| p.into_inner()) = next;
+        }
+        changed
+    }
+
+    async fn load(&self, plugin: &Plugin, name: &str, path: &Path) -> Slot {
+        let runtime = Arc::clone(&self.runtime);
+        let file = path.to_path_buf();
+        // Compiling is CPU-heavy: keep it off the async workers.
+        let loaded = tokio::task::spawn_blocking(move || runtime.load(&file)).await;
+        match loaded {
+            Ok(Ok(loaded)) => {
+                let settings = plugin.settings();
+                tracing::info!(
+                    "engine '{name}' loaded from {} (sha256 {}, {} in {} ms)",
+                    path.display(),
+                    &loaded.sha256[..12],
+                    if loaded.from_cache { "from the compile cache" } else { "compiled" },
+                    loaded.compile_time.as_millis()
+                );
+                let engine = WasmEngine::new(name, Arc::clone(&self.runtime), loaded, &settings.engine_settings(name), settings.wasm_limits());
+                Slot::Loaded(Arc::new(engine))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("engine '{name}' not loaded: {e}");
+                Slot::Broken(e.to_string())
+            }
+            Err(e) => Slot::Broken(format!("loading panicked: {e}")),
+        }
+    }
+
+    /// Rescans until shutdown; after a change, reconciles so contexts that were waiting
+    /// for an engine get their agents.
+    pub async fn watch(self: Arc<Self>, plugin: Arc<Plugin>, reconciler: Arc<Reconciler>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SCAN_EVERY) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            if self.scan(&plugin).await {
+                reconciler.request_resync();
+            }
+        }
+    }
+}
+
+/// `<name>.wasm` files with usable names, and their fingerprints.
+fn list(dir: &Path) -> BTreeMap<String, (PathBuf, Fingerprint)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return BTreeMap::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let path = entry.path();
+            let name = path.file_stem()?.to_str()?.to_string();
+            let is_wasm = path.extension().is_some_and(|x| x == "wasm");
+            let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            let meta = std::fs::metadata(&path).ok().filter(|m| m.is_file())?;
+            (is_wasm && valid).then(|| {
+                let fingerprint = Fingerprint {
+                    len: meta.len(),
+                    modified: meta.modified().ok(),
+                };
+                (name, (path, fingerprint))
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,364 @@
+//! How a WASM engine is called: an [`Engine`] over a pre-instantiated component. Each
+//! call takes an idle instance (or instantiates and `configure`s a fresh one), runs under
+//! the deadline and memory cap, and returns the instance to the pool only if the call
+//! ended normally: a trap, a deadline or the memory cap discards it.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use serde_json::{Map, Value};
+use tokio_util::io::StreamReader;
+use wasmtime::component::Resource;
+use wasmtime::{Store, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::p2::pipe::AsyncReadStream;
+use wasmtime_wasi::p2::{DynInputStream, InputStream};
+
+use super::bindings::{self, EnginePre};
+use super::runtime::{Limits, Loaded, WasmRuntime};
+use super::state::{Budget, GuestState};
+use crate::engine::{AgentInfo, AgentSpec, ArchiveStream, Engine, EngineError, EngineInfo};
+
+/// Idle instances kept per engine; more are created under load and dropped after.
+const POOL_SIZE: usize = 8;
+/// Added to the deadline for the host-side timeout, which catches calls blocked in host
+/// I/O (where epoch interruption cannot fire).
+const HOST_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+struct Settings {
+    json: String,
+    allowed_hosts: Vec<String>,
+    limits: Limits,
+    generation: u64,
+}
+
+struct Instance {
+    store: Store<GuestState>,
+    bindings: bindings::Engine,
+    generation: u64,
+}
+
+pub struct WasmEngine {
+    name: String,
+    runtime: Arc<WasmRuntime>,
+    pre: EnginePre<GuestState>,
+    pub sha256: String,
+    settings: Mutex<Settings>,
+    pool: Mutex<Vec<Instance>>,
+}
+
+type CallFuture<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result<Result<R, bindings::EngineError>>> + Send + 'a>>;
+
+impl WasmEngine {
+    pub fn new(name: &str, runtime: Arc<WasmRuntime>, loaded: Loaded, settings: &Map<String, Value>, limits: Limits) -> WasmEngine {
+        WasmEngine {
+            name: name.to_string(),
+            runtime,
+            pre: loaded.pre,
+            sha256: loaded.sha256,
+            settings: Mutex::new(Settings {
+                json: Value::Object(settings.clone()).to_string(),
+                allowed_hosts: allowed_hosts(settings),
+                limits,
+                generation: 0,
+            }),
+            pool: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// New settings or limits: idle instances configured with the old ones are dropped.
+    pub fn reconfigure(&self, settings: &Map<String, Value>, limits: Limits) {
+        let json = Value::Object(settings.clone()).to_string();
+        let mut current = self.settings.lock().unwrap_or_else(|p| p.into_inner());
+        if current.json == json && current.limits == limits {
+            return;
+        }
+        *current = Settings {
+            json,
+            allowed_hosts: allowed_hosts(settings),
+            limits,
+            generation: current.generation + 1,
+        };
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    fn limits(&self) -> Limits {
+        self.settings.lock().unwrap_or_else(|p| p.into_inner()).limits
+    }
+
+    async fn instance(&self) -> Result<Instance, EngineError> {
+        let generation = self.settings.lock().unwrap_or_else(|p| p.into_inner()).generation;
+        loop {
+            let idle = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match idle {
+                Some(instance) if instance.generation == generation => return Ok(instance),
+                Some(_) => continue,
+                None => return self.fresh_instance().await,
+            }
+        }
+    }
+
+    /// Instantiates and configures a new instance. Also timed: `configure` is guest code.
+    async fn fresh_instance(&self) -> Result<Instance, EngineError> {
+        let (json, allowed, limits, generation) = {
+            let s = self.settings.lock().unwrap_or_else(|p| p.into_inner());
+            (s.json.clone(), s.allowed_hosts.clone(), s.limits, s.generation)
+        };
+        let store_limits = StoreLimitsBuilder::new()
+            .memory_size(limits.memory_bytes)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(&self.runtime.engine, GuestState::new(&self.name, allowed, store_limits));
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().budget.check()));
+        store.data_mut().budget = Budget::new(limits.deadline, None);
+        store.set_epoch_deadline(1);
+        let instantiate = async {
+            let bindings = self.pre.instantiate_async(&mut store).await?;
+            let configured = bindings
+                .context_engines_engine_lifecycle()
+                .call_configure(&mut store, &json)
+                .await?;
+            Ok::<_, wasmtime::Error>((bindings, configured))
+        };
+        let (bindings, configured) = tokio::time::timeout(limits.deadline + HOST_GRACE, instantiate)
+            .await
+            .map_err(|_| self.deadline_error("configure", limits))?
+            .map_err(|e| self.trap_error("configure", &e, limits))?;
+        configured.map_err(|e| self.guest_error(e))?;
+        Ok(Instance {
+            store,
+            bindings,
+            generation,
+        })
+    }
+
+    /// Runs one export on an instance under the limits. With `progress`, the deadline
+    /// counts from the engine's last read of the archive instead of from the start.
+    async fn call<R: Send>(
+        &self,
+        what: &str,
+        progress: Option<Arc<AtomicU64>>,
+        f: impl for<'a> FnOnce(&'a bindings::Engine, &'a mut Store<GuestState>) -> CallFuture<'a, R>,
+    ) -> Result<R, EngineError> {
+        let limits = self.limits();
+        let mut instance = self.instance().await?;
+        let streaming = progress.is_some();
+        instance.store.data_mut().budget = Budget::new(limits.deadline, progress);
+        instance.store.set_epoch_deadline(1);
+        let outcome = {
+            let Instance { store, bindings, .. } = &mut instance;
+            let call = f(bindings, store);
+            if streaming {
+                // Bounded by the budget above and by wasi:http's own I/O timeouts.
+                Ok(call.await)
+            } else {
+                tokio::time::timeout(limits.deadline + HOST_GRACE, call).await
+            }
+        };
+        let result = match outcome {
+            Err(_) => return Err(self.deadline_error(what, limits)),
+            Ok(Err(trap)) => return Err(self.trap_error(what, &trap, limits)),
+            Ok(Ok(result)) => result,
+        };
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_SIZE {
+            pool.push(instance);
+        }
+        drop(pool);
+        result.map_err(|e| self.guest_error(e))
+    }
+
+    fn deadline_error(&self, what: &str, limits: Limits) -> EngineError {
+        EngineError::Failed {
+            engine: self.name.clone(),
+            cause: format!("{what} ran past its deadline of {} ms; the instance was discarded", limits.deadline.as_millis()),
+        }
+    }
+
+    fn trap_error(&self, what: &str, error: &wasmtime::Error, limits: Limits) -> EngineError {
+        let detail = format!("{error:#}");
+        let cause = match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => format!("ran past its deadline of {} ms", limits.deadline.as_millis()),
+            _ if detail.contains("forcing trap when growing memory") => {
+                format!("exceeded its memory cap of {} MiB", limits.memory_bytes / (1024 * 1024))
+            }
+            Some(Trap::UnreachableCodeReached) => "trapped: the engine panicked or aborted (unreachable)".to_string(),
+            Some(trap) => format!("trapped: {trap}"),
+            None => format!("failed in the runtime: {detail}"),
+        };
+        EngineError::Failed {
+            engine: self.name.clone(),
+            cause: format!("{what} {cause}; the instance was discarded"),
+        }
+    }
+
+    fn guest_error(&self, error: bindings::EngineError) -> EngineError {
+        let engine = self.name.clone();
+        match error {
+            bindings::EngineError::Unreachable(cause) => EngineError::Unreachable {
+                engine,
+                address: "its configured runtime".to_string(),
+                cause,
+            },
+            bindings::EngineError::ImageMissing(image) => EngineError::ImageMissing { engine, image },
+            bindings::EngineError::BadArchive(cause) => EngineError::BadArchive { engine, cause },
+            bindings::EngineError::Rejected(cause) => EngineError::Rejected { engine, cause },
+            bindings::EngineError::BadConfig(cause) => EngineError::Misconfigured { engine, cause },
+            bindings::EngineError::Failed(cause) => EngineError::Failed { engine, cause },
+        }
+    }
+
+    /// `describe`, run like any other call.
+    pub async fn describe(&self) -> Result<bindings::EngineInfo, EngineError> {
+        self.call("describe", None, |e, store| {
+            Box::pin(async move { e.context_engines_engine_lifecycle().call_describe(store).await.map(Ok) })
+        })
+        .await
+    }
+}
+
+fn allowed_hosts(settings: &Map<String, Value>) -> Vec<String> {
+    settings
+        .get("allowed-hosts")
+        .and_then(Value::as_array)
+        .map(|hosts| hosts.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+fn key_values(map: &BTreeMap<String, String>) -> Vec<bindings::KeyValue> {
+    map.iter()
+        .map(|(key, value)| bindings::KeyValue {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+fn agent_info(info: bindings::AgentInfo) -> AgentInfo {
+    AgentInfo {
+        name: info.name,
+        id: info.id,
+        running: info.running,
+        labels: info.labels.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+    }
+}
+
+#[async_trait]
+impl Engine for WasmEngine {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "wasm"
+    }
+
+    async fn info(&self) -> Result<EngineInfo, EngineError> {
+        let described = self.describe().await?;
+        let features = if described.features.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", described.features.join(", "))
+        };
+        Ok(EngineInfo {
+            name: self.name.clone(),
+            kind: "wasm",
+            version: format!("{} {}{features} (sha256 {})", described.name, described.version, &self.sha256[..12]),
+        })
+    }
+
+    async fn image_id(&self, image: &str) -> Result<Option<String>, EngineError> {
+        let image = image.to_string();
+        self.call("image-id", None, move |e, store| {
+            Box::pin(async move { e.context_engines_engine_lifecycle().call_image_id(store, &image).await })
+        })
+        .await
+    }
+
+    async fn image_load(&self, image: &str, archive: ArchiveStream) -> Result<(), EngineError> {
+        let image = image.to_string();
+        let progress = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&progress);
+        let counted = archive.inspect(move |chunk| {
+            if let Ok(chunk) = chunk {
+                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        });
+        self.call("image-load", Some(progress), move |e, store| {
+            Box::pin(async move {
+                // The engine reads the archive as a wasi:io input-stream the host feeds.
+                let stream: DynInputStream = Box::new(AsyncReadStream::new(StreamReader::new(counted))) as Box<dyn InputStream>;
+                let resource: Resource<DynInputStream> = store.data_mut().table().push(stream)?;
+                e.context_engines_engine_lifecycle().call_image_load(store, &image, resource).await
+            })
+        })
+        .await
+    }
+
+    async fn image_tag(&self, source: &str, target: &str) -> Result<(), EngineError> {
+        let (source, target) = (source.to_string(), target.to_string());
+        self.call("image-tag", None, move |e, store| {
+            Box::pin(async move { e.context_engines_engine_lifecycle().call_image_tag(store, &source, &target).await })
+        })
+        .await
+    }
+
+    async fn image_remove(&self, image: &str) -> Result<bool, EngineError> {
+        let image = image.to_string();
+        self.call("image-remove", None, move |e, store| {
+            Box::pin(async move { e.context_engines_engine_lifecycle().call_image_remove(store, &image).await })
+        })
+        .await
+    }
+
+    async fn agent_start(&self, spec: &AgentSpec) -> Result<AgentInfo, EngineError> {
+        let spec = bindings::AgentSpec {
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            env: spec
+                .env
+                .iter()
+                .map(|(key, value)| bindings::KeyValue {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            labels: key_values(&spec.labels),
+            network: spec.network.clone(),
+            drpcli: spec.drpcli.as_ref().map(|p| p.display().to_string()),
+        };
+        self.call("agent-start", None, move |e, store| {
+            Box::pin(async move { e.context_engines_engine_lifecycle().call_agent_start(store, &spec).await })
+        })
+        .await
+        .map(agent_info)
+    }
+
+    async fn agent_stop(&self, name: &str) -> Result<bool, EngineError> {
+        let name = name.to_string();
+        self.call("agent-stop", None, move |e, store| {
+            Box::pin(async move { e.context_engines_engine_lifecycle().call_agent_stop(store, &name).await })
+        })
+        .await
+    }
+
+    async fn agent_list(&self, labels: &[(&str, &str)]) -> Result<Vec<AgentInfo>, EngineError> {
+        let labels: Vec<bindings::KeyValue> = labels
+            .iter()
+            .map(|(key, value)| bindings::KeyValue {
+                key: key.to_string(),
+                value: value.to_string(),
+            })
+            .collect();
+        self.call("agent-list", None, move |e, store| {
+            Box::pin(async move { e.context_engines_engine_lifecycle().call_agent_list(store, &labels).await })
+        })
+        .await
+        .map(|agents| agents.into_iter().map(agent_info).collect())
+    }
+}

@@ -1,0 +1,164 @@
+//! The wasmtime side: one `wasmtime::Engine` for the process (with epoch interruption,
+//! ticked by a background thread, for per-call deadlines), one linker holding WASI, WASI
+//! HTTP and the `log` import, and components compiled once per content hash and cached
+//! on disk so a restart does not recompile.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+
+use super::bindings::EnginePre;
+use super::state::GuestState;
+
+/// How often the epoch advances; deadlines are counted in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// What one call of a WASM engine may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub deadline: Duration,
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            deadline: Duration::from_secs(30),
+            memory_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading {path}: {cause}")]
+    Read { path: String, cause: String },
+    #[error("{path} is not a WebAssembly component: {cause}")]
+    NotAComponent { path: String, cause: String },
+    #[error(
+        "{path} does not fit the world context-engines:engine/engine@0.1.0 (wrong world, or another major version of it): {cause}"
+    )]
+    WrongWorld { path: String, cause: String },
+}
+
+/// A compiled, linked, pre-instantiated engine component.
+pub struct Loaded {
+    pub pre: EnginePre<GuestState>,
+    pub component: Component,
+    pub sha256: String,
+    pub from_cache: bool,
+    pub compile_time: Duration,
+}
+
+pub struct WasmRuntime {
+    pub engine: wasmtime::Engine,
+    linker: Linker<GuestState>,
+    cache_dir: Option<PathBuf>,
+}
+
+impl WasmRuntime {
+    /// `cache_dir`: where compiled code is kept (None: never cached).
+    pub fn new(cache_dir: Option<PathBuf>) -> wasmtime::Result<Arc<WasmRuntime>> {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = wasmtime::Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        super::bindings::context_engines::engine::log::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
+        let ticker = engine.weak();
+        // A plain thread: it must tick even while every tokio worker runs guest code.
+        std::thread::Builder::new().name("wasm-epoch".to_string()).spawn(move || {
+            while let Some(engine) = ticker.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
+        Ok(Arc::new(WasmRuntime { engine, linker, cache_dir }))
+    }
+
+    /// Compiles (or loads from the cache) and links the component in `path`.
+    pub fn load(&self, path: &Path) -> Result<Loaded, LoadError> {
+        let display = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| LoadError::Read {
+            path: display.clone(),
+            cause: e.to_string(),
+        })?;
+        self.load_bytes(&display, &bytes)
+    }
+
+    pub fn load_bytes(&self, display: &str, bytes: &[u8]) -> Result<Loaded, LoadError> {
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let started = Instant::now();
+        let (component, from_cache) = match self.cached(&sha256) {
+            Some(component) => (component, true),
+            None => {
+                let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::NotAComponent {
+                    path: display.to_string(),
+                    cause: format!("{e:#}"),
+                })?;
+                self.store_in_cache(&sha256, &component);
+                (component, false)
+            }
+        };
+        let compile_time = started.elapsed();
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(EnginePre::new)
+            .map_err(|e| LoadError::WrongWorld {
+                path: display.to_string(),
+                cause: format!("{e:#}"),
+            })?;
+        Ok(Loaded {
+            pre,
+            component,
+            sha256,
+            from_cache,
+            compile_time,
+        })
+    }
+
+    fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
+        self.cache_dir.as_ref().map(|dir| dir.join(format!("{sha256}.cwasm")))
+    }
+
+    fn cached(&self, sha256: &str) -> Option<Component> {
+        let path = self.cache_path(sha256)?;
+        if !path.is_file() {
+            return None;
+        }
+        // SAFETY: the file is one this process wrote with `Component::serialize` into its
+        // private cache directory, named by the hash of the source; wasmtime itself
+        // rejects artifacts of another wasmtime version or configuration, which we then
+        // recompile.
+        match unsafe { Component::deserialize_file(&self.engine, &path) } {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::debug!("cached {} unusable ({e}); recompiling", path.display());
+                None
+            }
+        }
+    }
+
+    fn store_in_cache(&self, sha256: &str, component: &Component) {
+        let Some(path) = self.cache_path(sha256) else { return };
+        let written = component.serialize().map_err(|e| e.to_string()).and_then(|bytes| {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            }
+            // Write then rename, so a concurrent reader never sees half a file.
+            let partial = path.with_extension(format!("partial-{}", std::process::id()));
+            std::fs::write(&partial, bytes).map_err(|e| e.to_string())?;
+            std::fs::rename(&partial, &path).map_err(|e| e.to_string())
+        });
+        if let Err(e) = written {
+            tracing::warn!("could not cache compiled engine in {}: {e}", path.display());
+        }
+    }
+}

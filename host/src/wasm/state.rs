@@ -1,0 +1,188 @@
+//! What a WASM engine's store holds: an empty WASI context (no files, no environment,
+//! no arguments), the HTTP context with the engine's allow-list, the memory limiter,
+//! and the host side of the `log` import.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmtime::{StoreLimits, UpdateDeadline};
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use super::bindings::Level;
+use super::bindings::context_engines::engine::log;
+
+pub struct GuestState {
+    pub engine: String,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: AllowList,
+    table: ResourceTable,
+    pub limits: StoreLimits,
+    pub budget: Budget,
+}
+
+/// The time a call may take, checked at every epoch tick while guest code runs (which
+/// also makes a busy guest yield to the async executor each tick).
+pub struct Budget {
+    deadline: Duration,
+    started: Instant,
+    /// For calls that stream an archive: the deadline counts from the last byte the
+    /// engine read, so a long upload lives and a stalled engine does not.
+    progress: Option<(Arc<AtomicU64>, u64)>,
+}
+
+impl Budget {
+    pub fn new(deadline: Duration, progress: Option<Arc<AtomicU64>>) -> Budget {
+        Budget {
+            deadline,
+            started: Instant::now(),
+            progress: progress.map(|p| (p, 0)),
+        }
+    }
+
+    pub fn check(&mut self) -> UpdateDeadline {
+        if let Some((counter, seen)) = &mut self.progress {
+            let now = counter.load(Ordering::Relaxed);
+            if now != *seen {
+                *seen = now;
+                self.started = Instant::now();
+            }
+        }
+        if self.started.elapsed() > self.deadline {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Yield(1)
+        }
+    }
+}
+
+impl GuestState {
+    pub fn new(engine: &str, allowed_hosts: Vec<String>, limits: StoreLimits) -> GuestState {
+        GuestState {
+            engine: engine.to_string(),
+            wasi: WasiCtx::builder().build(),
+            http: WasiHttpCtx::new(),
+            hooks: AllowList {
+                engine: engine.to_string(),
+                allowed: allowed_hosts,
+            },
+            table: ResourceTable::new(),
+            limits,
+            budget: Budget::new(Duration::from_secs(30), None),
+        }
+    }
+
+    pub fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Outgoing HTTP only to the `host:port` pairs of the engine's `allowed-hosts`.
+struct AllowList {
+    engine: String,
+    allowed: Vec<String>,
+}
+
+impl AllowList {
+    fn permits(&self, uri: &http::Uri) -> bool {
+        let Some(host) = uri.host() else { return false };
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+        let authority = format!("{host}:{port}");
+        self.allowed.iter().any(|a| a.eq_ignore_ascii_case(&authority) || a.eq_ignore_ascii_case(host))
+    }
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for AllowList {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendFuture {
+        if !self.permits(request.uri()) {
+            tracing::warn!(
+                "engine '{}' tried to reach {}, which is not in its allowed-hosts ({}); denied",
+                self.engine,
+                request.uri().authority().map(|a| a.as_str()).unwrap_or("?"),
+                self.allowed.join(", ")
+            );
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            ))
+        })
+    }
+}
+
+impl log::Host for GuestState {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        let engine = &self.engine;
+        // Bounded so a chatty engine cannot flood dr-provision's log.
+        let message: String = message.chars().take(4096).collect();
+        match level {
+            Level::Debug => tracing::debug!("engine '{engine}': {message}"),
+            Level::Info => tracing::info!("engine '{engine}': {message}"),
+            Level::Warn => tracing::warn!("engine '{engine}': {message}"),
+            Level::Error => tracing::error!("engine '{engine}': {message}"),
+        }
+        Ok(())
+    }
+}
+
+impl super::bindings::context_engines::engine::types::Host for GuestState {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list_matches_host_and_port() {
+        let list = AllowList {
+            engine: "e".to_string(),
+            allowed: vec!["127.0.0.1:2375".to_string(), "docker.example".to_string()],
+        };
+        let ok = |u: &str| list.permits(&u.parse().expect("uri"));
+        assert!(ok("http://127.0.0.1:2375/v1.41/_ping"));
+        assert!(!ok("http://127.0.0.1:9/"));
+        assert!(ok("https://docker.example/x"));
+        assert!(!ok("http://10.0.0.1:2375/"));
+    }
+}

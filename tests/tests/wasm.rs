@@ -1,0 +1,220 @@
+//! WASM engines in a running plugin: hot loading from the engines directory, precedence
+//! over native engines, bad files, isolation of misbehaving engines, and the
+//! `engines check` tool. The behaviour suite (engines.rs) covers `docker-api` itself.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use ce_tests::plugin_bin;
+use ce_tests::world::{DOCKER_TCP, World, unique, wasm_engines};
+use serde_json::{Value, json};
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn engines_dir(w: &World) -> PathBuf {
+    w.sim.webroot().join("files/plugin_providers/context-engines/engines")
+}
+
+fn install(w: &World, file: &str, as_name: &str) -> anyhow::Result<()> {
+    let dir = engines_dir(w);
+    std::fs::create_dir_all(&dir)?;
+    // Copy then rename, as an operator's tooling should, so a scan never sees half a file.
+    let partial = dir.join(format!(".{as_name}.partial"));
+    std::fs::copy(wasm_engines().join(file), &partial)?;
+    std::fs::rename(&partial, dir.join(format!("{as_name}.wasm")))?;
+    Ok(())
+}
+
+async fn engine_row(w: &World, name: &str) -> anyhow::Result<Option<Value>> {
+    let (code, rows) = w.action("enginesList", json!({})).await?;
+    ensure!(code == 200, "enginesList: {code} {rows}");
+    Ok(rows.as_array().and_then(|r| r.iter().find(|e| e["name"] == name).cloned()))
+}
+
+async fn wait_row(w: &World, name: &str, want: impl Fn(Option<&Value>) -> bool) -> anyhow::Result<Option<Value>> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let row = engine_row(w, name).await?;
+        if want(row.as_ref()) {
+            return Ok(row);
+        }
+        ensure!(Instant::now() < deadline, "engine row for {name} never became as expected; last: {row:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn with_world(id: &str, body: impl AsyncFnOnce(&mut World) -> anyhow::Result<()>) {
+    let mut w = World::new(id).await.expect("world");
+    let outcome = body(&mut w).await;
+    let tail = w.stderr_tail();
+    w.cleanup().await;
+    if let Err(e) = outcome {
+        panic!("{e:#}\n--- plugin stderr (tail) ---\n{tail}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_dropped_into_a_running_plugin_serves_at_once_and_leaves_when_deleted() {
+    with_world("docker", async |w| {
+        let image = format!("ce-test/{}:1", w.plugin_name);
+        w.upload("plain.tar", &image).await?;
+        let mut params = w.params();
+        params["context-engines/engine-config"]["docker-api"] =
+            json!({"base-url": format!("http://{DOCKER_TCP}"), "allowed-hosts": [DOCKER_TCP]});
+        let (code, body) = w.plugin().config(params).await?;
+        ensure!(code == 200, "config: {code} {body}");
+        let mut ctx = w.context("wasm", &image);
+        ctx["Meta"] = json!({"context-engine": "docker-api"});
+        w.sim.put_context(ctx);
+        let uuid = unique("m");
+        w.sim.put_machine(World::machine(&uuid, "wasm"));
+        // No such engine yet: the start fails, is reported, and is retried.
+        w.sim
+            .wait_for("agent-failed for the missing engine", SETTLE, || {
+                w.sim.published().into_iter().find(|e| e["Action"] == "agent-failed" && e["Object"]["Machine"] == uuid.as_str())
+            })
+            .await?;
+        ensure!(w.agents().await?.is_empty(), "an agent started without its engine");
+        install(w, "docker-api.wasm", "docker-api")?;
+        let agents = w.wait_agents(1, SETTLE).await?;
+        let labels = agents[0].labels.clone().unwrap_or_default();
+        ensure!(labels.get("drp.engine").map(String::as_str) == Some("docker-api"), "labels {labels:?}");
+        let row = engine_row(w, "docker-api").await?.context("docker-api listed")?;
+        ensure!(row["kind"] == "wasm" && row["state"] == "ready", "row {row}");
+        // Leaving the context stops the agent through the WASM engine.
+        w.sim.put_machine(World::machine(&uuid, ""));
+        w.wait_agents(0, SETTLE).await?;
+        std::fs::remove_file(engines_dir(w).join("docker-api.wasm"))?;
+        wait_row(w, "docker-api", |row| row.is_none()).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_engine_file_is_reported_and_changes_nothing_else() {
+    with_world("docker", async |w| {
+        install(w, "null.wasm", "null")?;
+        wait_row(w, "null", |r| r.is_some_and(|r| r["state"] == "ready")).await?;
+        let dir = engines_dir(w);
+        std::fs::write(dir.join("broken.wasm"), b"\0asm this is not a component")?;
+        let row = wait_row(w, "broken", |r| r.is_some()).await?.context("broken listed")?;
+        ensure!(row["state"] == "failed", "row {row}");
+        ensure!(row["error"].to_string().contains("not a WebAssembly component"), "reason: {row}");
+        // The other engines are untouched and serve.
+        ensure!(engine_row(w, "null").await?.is_some_and(|r| r["state"] == "ready"), "null engine lost");
+        ensure!(engine_row(w, "docker").await?.is_some_and(|r| r["state"] == "ready"), "docker engine lost");
+        let (code, body) = w.action("imageExists", json!({"context/image-name": "any:1", "context/engine": "broken"})).await?;
+        ensure!(code == 400 && body["Messages"].to_string().contains("failed to load"), "using the broken engine: {code} {body}");
+        // Replacing the file with a good one heals it.
+        install(w, "null.wasm", "broken")?;
+        wait_row(w, "broken", |r| r.is_some_and(|r| r["state"] == "ready")).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasm_engine_named_like_a_native_one_takes_precedence_until_removed() {
+    with_world("docker", async |w| {
+        let native = engine_row(w, "docker").await?.context("docker listed")?;
+        ensure!(native["kind"] == "native/docker", "row {native}");
+        install(w, "null.wasm", "docker")?;
+        wait_row(w, "docker", |r| r.is_some_and(|r| r["kind"] == "wasm")).await?;
+        // The null engine claims to have every image: proof that it, not dockerd, answers.
+        let (code, body) = w.action("imageExists", json!({"context/image-name": format!("ce-none/{}:1", unique("x"))})).await?;
+        ensure!(code == 200 && body == json!(true), "imageExists through the WASM docker: {code} {body}");
+        std::fs::remove_file(engines_dir(w).join("docker.wasm"))?;
+        wait_row(w, "docker", |r| r.is_some_and(|r| r["kind"] == "native/docker")).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_engines_are_contained() {
+    with_world("docker", async |w| {
+        for name in ["null", "spin", "hog", "trap", "slow", "forbidden"] {
+            install(w, &format!("{name}.wasm"), name)?;
+        }
+        let mut params = w.params();
+        params["context-engines/wasm-deadline-ms"] = json!(1000);
+        params["context-engines/wasm-memory-mb"] = json!(32);
+        params["context-engines/engine-config"]["forbidden"] = json!({"allowed-hosts": ["127.0.0.1:23750"]});
+        let (code, body) = w.plugin().config(params.clone()).await?;
+        ensure!(code == 200, "config: {code} {body}");
+        for name in ["null", "spin", "hog", "trap", "slow", "forbidden"] {
+            wait_row(w, name, |r| r.is_some()).await?;
+        }
+        let cases = [
+            ("spin", "deadline of 1000 ms"),
+            ("hog", "memory cap of 32 MiB"),
+            ("trap", "trapped"),
+            ("slow", "deadline of 1000 ms"),
+            ("forbidden", "denied"),
+        ];
+        for (engine, says) in cases {
+            for attempt in 1..=2 {
+                let started = Instant::now();
+                let (code, body) = w.action("imageExists", json!({"context/image-name": "x:1", "context/engine": engine})).await?;
+                let took = started.elapsed();
+                let message = body["Messages"].to_string().to_lowercase();
+                ensure!(code >= 400, "{engine} (attempt {attempt}) succeeded: {body}");
+                ensure!(message.contains(&format!("'{engine}'")), "{engine}: error does not name the engine: {message}");
+                ensure!(message.contains(&says.to_lowercase()), "{engine}: error should say {says:?}: {message}");
+                ensure!(took < Duration::from_secs(10), "{engine}: contained only after {took:?}");
+                // Everything else still answers, at once.
+                let (code, body) = w.action("imageExists", json!({"context/image-name": "x:1", "context/engine": "null"})).await?;
+                ensure!(code == 200 && body == json!(true), "null engine after {engine}: {code} {body}");
+                let (code, _) = w.action("imageExists", json!({"context/image-name": "x:1"})).await?;
+                ensure!(code == 200, "docker engine after {engine}: {code}");
+            }
+        }
+        // The slow engine is only slow: with a longer deadline it answers.
+        params["context-engines/wasm-deadline-ms"] = json!(10_000);
+        let (code, body) = w.plugin().config(params).await?;
+        ensure!(code == 200, "config: {code} {body}");
+        let (code, body) = w.action("imageExists", json!({"context/image-name": "x:1", "context/engine": "slow"})).await?;
+        ensure!(code == 200, "slow engine with a 10 s deadline: {code} {body}");
+        ensure!(w.plugin.as_mut().is_some_and(|p| p.is_running()), "the plugin died");
+        Ok(())
+    })
+    .await
+}
+
+#[test]
+fn engines_check_reports_what_fits_and_what_does_not() {
+    let good = Command::new(plugin_bin())
+        .args(["engines", "check"])
+        .arg(wasm_engines().join("docker-api.wasm"))
+        .output()
+        .expect("run engines check");
+    let stdout = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "check of docker-api failed: {}", String::from_utf8_lossy(&good.stderr));
+    assert!(stdout.contains("exports context-engines:engine/lifecycle@0.1.0"), "{stdout}");
+    assert!(stdout.contains("image-load") && stdout.contains("agent-start"), "{stdout}");
+    assert!(stdout.contains("describe: name=docker-api"), "{stdout}");
+
+    let junk = std::env::temp_dir().join(format!("{}.wasm", unique("junk")));
+    std::fs::write(&junk, b"definitely not wasm").expect("write junk");
+    let bad = Command::new(plugin_bin()).args(["engines", "check"]).arg(&junk).output().expect("run engines check");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success(), "junk passed the check");
+    assert!(stderr.contains("is not a WebAssembly component"), "{stderr}");
+    let _ = std::fs::remove_file(&junk);
+}
+
+#[test]
+fn unpack_writes_the_bundled_engines() {
+    let dir = std::env::temp_dir().join(unique("ce-unpack-"));
+    let status = Command::new(plugin_bin()).arg("unpack").arg(&dir).status().expect("run unpack");
+    assert!(status.success());
+    for engine in ["docker-api", "null"] {
+        let file = dir.join(format!("engines/{engine}.wasm"));
+        let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert_eq!(bytes, std::fs::read(wasm_engines().join(format!("{engine}.wasm"))).expect("built engine"), "{engine} differs from the build");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
