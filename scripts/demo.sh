@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 bash scripts/runtimes.sh
 bash scripts/fixtures.sh
 bash engines-wasm/build.sh
-cargo build --release --locked -p context-engines -p ce-tests --bin ce-demo
+cargo build --release --locked -p context-engines -p ce-tests --bin context-engines --bin ce-demo
 exec target/release/ce-demo

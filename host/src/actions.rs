@@ -52,6 +52,12 @@ pub async fn run(plugin: &Arc<Plugin>, reconciler: &Arc<Reconciler>, action: Act
     .map_err(context)
 }
 
+fn image_param(params: &Map<String, Value>) -> Result<String, ApiError> {
+    let image = params::required_string(params, params::IMAGE_NAME)?;
+    crate::images::check_reference(&image).map_err(|why| ApiError::bad_request(format!("param '{}': {why}", params::IMAGE_NAME)))?;
+    Ok(image)
+}
+
 fn engine(plugin: &Plugin, params: &Map<String, Value>, fallback: Option<String>) -> Result<Arc<dyn Engine>, ApiError> {
     let name = match params::optional_string(params, params::ENGINE)? {
         Some(name) => name,
@@ -61,7 +67,7 @@ fn engine(plugin: &Plugin, params: &Map<String, Value>, fallback: Option<String>
 }
 
 async fn image_upload(plugin: &Plugin, params: &Map<String, Value>) -> Result<Value, ApiError> {
-    let image = params::required_string(params, params::IMAGE_NAME)?;
+    let image = image_param(params)?;
     let path = params::required_string(params, params::IMAGE_PATH)?;
     let engine = engine(plugin, params, None)?;
     let source = plugin.images.resolve(&path)?;
@@ -70,13 +76,13 @@ async fn image_upload(plugin: &Plugin, params: &Map<String, Value>) -> Result<Va
 }
 
 async fn image_exists(plugin: &Plugin, params: &Map<String, Value>) -> Result<Value, ApiError> {
-    let image = params::required_string(params, params::IMAGE_NAME)?;
+    let image = image_param(params)?;
     let engine = engine(plugin, params, None)?;
     Ok(Value::Bool(engine.image_id(&image).await?.is_some()))
 }
 
 async fn image_remove(plugin: &Plugin, params: &Map<String, Value>) -> Result<Value, ApiError> {
-    let image = params::required_string(params, params::IMAGE_NAME)?;
+    let image = image_param(params)?;
     let engine = engine(plugin, params, None)?;
     engine.image_remove(&image).await?;
     Ok(Value::Bool(true))
@@ -99,7 +105,7 @@ async fn agent_start(
 ) -> Result<Value, ApiError> {
     let machine = machine_of(model)?;
     let context_name = params::required_string(params, params::CONTEXT_NAME)?;
-    let image = params::required_string(params, params::IMAGE_NAME)?;
+    let image = image_param(params)?;
     // The Context's Meta (engine, Imagepull, Checksum) applies when it is known; the
     // action's image wins, as dr-provision sends the one it wants.
     let known = reconciler.context(&context_name).unwrap_or_else(|| Context {
@@ -222,7 +228,7 @@ impl From<AgentFailure> for ApiError {
 
 fn agent_error_code(e: &AgentError) -> u16 {
     match e {
-        AgentError::BadName(_) | AgentError::NoImage(_) | AgentError::UnknownEngine(_) => 400,
+        AgentError::BadName { .. } | AgentError::NoImage(_) | AgentError::UnknownEngine(_) => 400,
         AgentError::Token(_) => 502,
         AgentError::Image { source, .. } => image_error_code(source),
         AgentError::Engine(engine) => engine_error_code(engine),

@@ -20,8 +20,8 @@ pub const META_CHECKSUM: &str = "Checksum";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("cannot name an agent for context '{0}': a container name allows only letters, digits, '_', '.' and '-'")]
-    BadName(String),
+    #[error("cannot name an agent for context '{context}' and machine '{machine}': a container name allows only letters, digits, '_', '.' and '-'")]
+    BadName { context: String, machine: String },
     #[error("context '{0}' has no Image")]
     NoImage(String),
     #[error("fetching the machine token: {0}")]
@@ -73,7 +73,10 @@ pub fn agent_name(context: &str, machine: &str) -> Result<String, AgentError> {
     let name = format!("drp-{context}-{machine}");
     let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
     if context.is_empty() || !name.chars().all(valid) {
-        return Err(AgentError::BadName(context.to_string()));
+        return Err(AgentError::BadName {
+            context: context.to_string(),
+            machine: machine.to_string(),
+        });
     }
     Ok(name)
 }

@@ -58,6 +58,20 @@ fn lenient_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<Strin
         .collect())
 }
 
+/// Decodes a listing element by element: one malformed object is skipped with a warning
+/// naming it, and never hides the others.
+fn each_readable<T: DeserializeOwned>(items: Vec<serde_json::Value>, what: &str, key: &str) -> Vec<T> {
+    items
+        .into_iter()
+        .filter_map(|item| {
+            let name = item.get(key).map(|k| k.to_string()).unwrap_or_else(|| "?".to_string());
+            serde_json::from_value(item)
+                .map_err(|e| tracing::warn!("skipping {what} {key}={name}: it is not readable: {e}"))
+                .ok()
+        })
+        .collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DrpError {
     #[error("RS_ENDPOINT is not set: the plugin cannot reach dr-provision")]
@@ -97,11 +111,11 @@ impl DrpClient {
     }
 
     pub async fn machines(&self) -> Result<Vec<Machine>, DrpError> {
-        self.get("/api/v3/machines").await
+        Ok(each_readable(self.get("/api/v3/machines").await?, "machine", "Uuid"))
     }
 
     pub async fn contexts(&self) -> Result<Vec<Context>, DrpError> {
-        self.get("/api/v3/contexts").await
+        Ok(each_readable(self.get("/api/v3/contexts").await?, "context", "Name"))
     }
 
     pub async fn machine_token(&self, uuid: &str) -> Result<String, DrpError> {

@@ -266,6 +266,23 @@ fn checksum_marker(hex: &str) -> String {
     format!("{CHECKSUM_MARKER_REPO}:{hex}")
 }
 
+/// A plausible image reference: `[registry[:port]/]name[:tag]`, no spaces, no digest, at
+/// most one tag. Runtimes accept some malformed names by silently rewriting them.
+pub fn check_reference(image: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("image name '{image}' is not a valid reference: {why}"));
+    if image.is_empty() || image.len() > 255 {
+        return bad("it must have 1 to 255 characters");
+    }
+    if !image.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':')) {
+        return bad("only letters, digits and . _ - / : are allowed");
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if last.matches(':').count() > 1 || last.starts_with(':') || last.ends_with(':') || image.ends_with('/') {
+        return bad("expected name[:tag]");
+    }
+    Ok(())
+}
+
 /// A relative path with no `..`, no root and no empty remainder: `files/../../etc` must
 /// never leave the file server's root.
 fn checked_relative(image_path: &str) -> Result<PathBuf, ImageError> {
@@ -317,6 +334,16 @@ mod tests {
             PathBuf::from("files/contexts/x.tar")
         );
         assert_eq!(checked_relative("/files/./a").expect("leading slash"), PathBuf::from("files/a"));
+    }
+
+    #[test]
+    fn malformed_references_are_refused() {
+        for good in ["foo", "foo/bar:1", "reg:5000/foo/bar:1.2", "localhost/a_b-c"] {
+            assert!(check_reference(good).is_ok(), "{good}");
+        }
+        for bad in ["", "x:tag:extra", "a b", "foo:", "foo/", "x@sha256:abc"] {
+            assert!(check_reference(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub const ENGINE_CONFIG: &str = "context-engines/engine-config";
 pub const AGENT_NETWORK: &str = "context-engines/agent-network";
 pub const DRPCLI: &str = "context-engines/drpcli";
 pub const MAX_PARALLEL: &str = "context-engines/max-parallel";
+/// More concurrent runtime calls than this only queue inside the runtime.
+const MAX_PARALLEL_LIMIT: u64 = 4096;
 pub const WASM_DEADLINE_MS: &str = "context-engines/wasm-deadline-ms";
 pub const WASM_MEMORY_MB: &str = "context-engines/wasm-memory-mb";
 
@@ -78,6 +80,12 @@ impl Settings {
             None => env.endpoint.iter().cloned().collect(),
         };
         let max_parallel = positive(params, MAX_PARALLEL, 16)?;
+        if max_parallel > MAX_PARALLEL_LIMIT {
+            return Err(ParamError::Invalid {
+                name: MAX_PARALLEL.to_string(),
+                why: format!("{max_parallel} is more than the supported {MAX_PARALLEL_LIMIT}"),
+            });
+        }
         Ok(Settings {
             plugin_name: optional_string(params, PLUGIN_NAME)?
                 .unwrap_or_else(|| "context-engines".to_string()),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -144,12 +144,31 @@ async fn json_body(request: Request<Incoming>) -> Result<Value, ApiError> {
             "Content-Type must be application/json, got '{content_type}'"
         )));
     }
-    let body = Limited::new(request.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| ApiError::new(413, format!("could not read the body (limit {MAX_BODY} bytes): {e}")))?
-        .to_bytes();
+    let body = read_capped(request.into_body()).await?;
     serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
+}
+
+/// Reads at most MAX_BODY bytes. A larger body is still drained (up to DRAIN_LIMIT) so the
+/// client reads a clean 413 instead of a reset connection.
+async fn read_capped(mut body: Incoming) -> Result<Vec<u8>, ApiError> {
+    const DRAIN_LIMIT: usize = 16 * MAX_BODY;
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= MAX_BODY {
+                kept.extend_from_slice(&data);
+            } else if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    }
+    if seen > MAX_BODY {
+        return Err(ApiError::new(413, format!("the body has more than the limit of {MAX_BODY} bytes")));
+    }
+    Ok(kept)
 }
 
 fn reply(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {

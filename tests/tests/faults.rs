@@ -914,8 +914,12 @@ async fn hostile_image_paths(f: &mut Fault) -> anyhow::Result<()> {
             .w
             .action("imageUpload", json!({"context/image-name": bad, "context/image-path": "files/fixtures/plain.tar"}))
             .await?;
-        let says = if bad.is_empty() { "context/image-name" } else { "'docker'" };
-        if !((400..600).contains(&code) && is_error_json(&body) && body["Messages"].to_string().contains(says)) {
+        // Refused by the plugin's own reference check (naming the param) or by the
+        // runtime (naming the engine); either way, named.
+        let says = "context/image-name' or 'docker'";
+        let messages = body["Messages"].to_string();
+        let named = messages.contains("context/image-name") || (!bad.is_empty() && messages.contains("'docker'"));
+        if !((400..600).contains(&code) && is_error_json(&body) && named) {
             problems.push(format!("imageUpload as {bad:?}: expected an Error naming {says}, got {code} {body}"));
         }
     }

@@ -338,8 +338,10 @@ impl Engine for RuntimeApiEngine {
 
     async fn image_remove(&self, image: &str) -> Result<bool, EngineError> {
         let docker = self.client().await?;
-        let Ok(name) = self.resolve_image(image).await else {
-            return Ok(false);
+        let name = match self.resolve_image(image).await {
+            Ok(name) => name,
+            Err(EngineError::ImageMissing { .. }) => return Ok(false),
+            Err(e) => return Err(e),
         };
         let options = RemoveImageOptionsBuilder::new().force(true).build();
         match docker.remove_image(&name, Some(options), None).await {
