@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
+use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder};
 use ce_tests::world::{World, list_containers, unique};
 use futures_util::StreamExt as _;
@@ -249,6 +249,7 @@ fn first_error(results: Vec<anyhow::Result<()>>) -> anyhow::Result<()> {
     }
 }
 
+/// The floor's container: no `drp.plugin` label, so the plugin never takes it for its own.
 fn floor_body(t: &Target<'_>, uuid: &str, context: &str) -> ContainerCreateBody {
     let world = t.world;
     let labels = HashMap::from([
@@ -258,29 +259,7 @@ fn floor_body(t: &Target<'_>, uuid: &str, context: &str) -> ContainerCreateBody 
         ("drp.image".to_string(), IMAGE.to_string()),
         (BENCH_LABEL.to_string(), world.plugin_name.clone()),
     ]);
-    ContainerCreateBody {
-        image: Some(t.image.clone()),
-        env: Some(vec![
-            format!("RS_UUID={uuid}"),
-            "RS_TOKEN=0123456789abcdef0123456789abcdef0123456789abcdef".to_string(),
-            format!("RS_CONTEXT={context}"),
-            format!("RS_ENDPOINTS={}", world.sim.file_url()),
-            AGENT_PATH.to_string(),
-        ]),
-        labels: Some(labels),
-        entrypoint: Some(vec!["/usr/bin/drpcli".into(), "machines".into(), "processjobs".into()]),
-        cmd: Some(Vec::new()),
-        host_config: Some(HostConfig {
-            network_mode: Some("host".to_string()),
-            binds: Some(vec![format!("{}:/usr/bin/drpcli:ro", world.fixtures.join("drpcli").display())]),
-            restart_policy: Some(RestartPolicy {
-                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                maximum_retry_count: None,
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    super::start::floor_body(world, &t.image, uuid, context, labels)
 }
 
 async fn create_start(runtime: &Docker, uuid: &str, context: &str, body: ContainerCreateBody) -> anyhow::Result<()> {

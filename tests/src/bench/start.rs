@@ -56,7 +56,15 @@ async fn measure(world: &World, id: &str, runs: usize) -> anyhow::Result<Vec<Fig
 
     let name = format!("drp-{context}-{uuid}");
     let image = resolve_image(&world.runtime, IMAGE).await?;
-    let body = floor_body(world, &image, &uuid, &context);
+    let labels = HashMap::from([
+        ("drp.machine".to_string(), uuid.clone()),
+        ("drp.context".to_string(), context.clone()),
+        ("drp.plugin".to_string(), world.plugin_name.clone()),
+        ("drp.engine".to_string(), world.engine.clone()),
+        ("drp.image".to_string(), IMAGE.to_string()),
+        (BENCH_LABEL.to_string(), "floor".to_string()),
+    ]);
+    let body = floor_body(world, &image, &uuid, &context, labels);
     let params = json!({"context/image-name": IMAGE, "context/name": context});
     let (mut via_plugin, mut floor) = (Vec::new(), Vec::new());
     // Run 0 warms both sides up (runtime connection, API negotiation, TLS to the
@@ -101,18 +109,9 @@ async fn measure(world: &World, id: &str, runs: usize) -> anyhow::Result<Vec<Fig
 }
 
 /// The container the engine would create for this agent (see the native engine's
-/// `create_body`): same image, env, labels, drpcli bind mount and entrypoint, network
-/// and restart policy.
-fn floor_body(world: &World, image: &str, uuid: &str, context: &str) -> ContainerCreateBody {
-    let drpcli = world.fixtures.join("drpcli");
-    let labels = HashMap::from([
-        ("drp.machine".to_string(), uuid.to_string()),
-        ("drp.context".to_string(), context.to_string()),
-        ("drp.plugin".to_string(), world.plugin_name.clone()),
-        ("drp.engine".to_string(), world.engine.clone()),
-        ("drp.image".to_string(), IMAGE.to_string()),
-        (BENCH_LABEL.to_string(), "floor".to_string()),
-    ]);
+/// `create_body`): same image, env, drpcli bind mount and entrypoint, network and
+/// restart policy. `labels` are the caller's: they decide whether the plugin sees it.
+pub(super) fn floor_body(world: &World, image: &str, uuid: &str, context: &str, labels: HashMap<String, String>) -> ContainerCreateBody {
     ContainerCreateBody {
         image: Some(image.to_string()),
         env: Some(vec![
@@ -127,7 +126,7 @@ fn floor_body(world: &World, image: &str, uuid: &str, context: &str) -> Containe
         cmd: Some(Vec::new()),
         host_config: Some(HostConfig {
             network_mode: Some("host".to_string()),
-            binds: Some(vec![format!("{}:/usr/bin/drpcli:ro", drpcli.display())]),
+            binds: Some(vec![format!("{}:/usr/bin/drpcli:ro", world.fixtures.join("drpcli").display())]),
             restart_policy: Some(RestartPolicy {
                 name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
                 maximum_retry_count: None,
