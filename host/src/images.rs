@@ -65,6 +65,10 @@ pub struct Images {
     http: reqwest::Client,
     spool_dir: PathBuf,
     in_flight: Mutex<HashMap<String, MergedLoad>>,
+    /// One archive at a time into each engine. A load is "load, then tag what the
+    /// runtime says it loaded" (an archive names its own image), and two loads whose
+    /// archives name the same image would otherwise each tag the other's.
+    engine_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Images {
@@ -80,6 +84,7 @@ impl Images {
             http,
             spool_dir,
             in_flight: Mutex::new(HashMap::new()),
+            engine_turns: Mutex::new(HashMap::new()),
         })
     }
 
@@ -146,12 +151,14 @@ impl Images {
     ) -> Result<(), ImageError> {
         tracing::info!(engine = engine.name(), image, source = %source.describe(), "loading image archive");
         let Some(expected) = checksum else {
+            let _turn = self.engine_turn(engine.name()).await;
             let raw = self.open(source).await?;
             return Ok(engine.image_load(image, gunzip(raw).await?).await?);
         };
         let expected = normalize_checksum(expected)?;
         let spooled = self.spool_verified(source, &expected).await?;
         let result = async {
+            let _turn = self.engine_turn(engine.name()).await;
             let file = tokio::fs::File::open(&spooled).await.map_err(|e| read_error(&spooled, e))?;
             let raw: ArchiveStream = Box::pin(ReaderStream::new(file));
             engine.image_load(image, gunzip(raw).await?).await?;
@@ -161,6 +168,14 @@ impl Images {
         .await;
         let _ = tokio::fs::remove_file(&spooled).await;
         result
+    }
+
+    async fn engine_turn(&self, engine: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn = {
+            let mut turns = self.engine_turns.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(turns.entry(engine.to_string()).or_default())
+        };
+        turn.lock_owned().await
     }
 
     /// True when `image` is the very image that was loaded from an archive of `checksum`.

@@ -1,6 +1,7 @@
 //! Test harness for context-engines: a dr-provision simulator and a runner for
 //! the real plugin binary.
 
+pub mod archive;
 pub mod plugin;
 pub mod sim;
 pub mod world;

@@ -96,7 +96,7 @@ struct Inner {
 struct State {
     machines: BTreeMap<String, Value>,
     contexts: BTreeMap<String, Value>,
-    subscribers: Vec<mpsc::UnboundedSender<Arc<Event>>>,
+    subscribers: Vec<mpsc::UnboundedSender<Outgoing>>,
     logs: Vec<Value>,
     published: Vec<Value>,
     leaving: usize,
@@ -130,6 +130,14 @@ struct Event {
     action: String,
     key: String,
     json: String,
+}
+
+/// What a websocket session is asked to send: an event, to the sessions whose topics
+/// match it, or a raw frame (a fault test's), to every session as it is.
+#[derive(Clone)]
+enum Outgoing {
+    Event(Arc<Event>),
+    Raw(Message),
 }
 
 impl Sim {
@@ -294,6 +302,12 @@ impl Sim {
         self.inner.state().captured.clone()
     }
 
+    /// Sends `frame` as it is to every open websocket session, whatever it subscribed
+    /// to: how tests feed the plugin frames dr-provision would never send.
+    pub fn send_raw_frame(&self, frame: Message) {
+        self.inner.state().subscribers.retain(|s| s.send(Outgoing::Raw(frame.clone())).is_ok());
+    }
+
     pub fn drop_websockets(&self) {
         self.inner.ws_generation.send_modify(|g| *g += 1);
     }
@@ -420,7 +434,7 @@ fn emit(st: &mut State, kind: &str, action: &str, key: &str, object: Value, orig
         key: key.to_owned(),
         json,
     });
-    st.subscribers.retain(|s| s.send(event.clone()).is_ok());
+    st.subscribers.retain(|s| s.send(Outgoing::Event(event.clone())).is_ok());
 }
 
 // ---------------------------------------------------------------- setup helpers
@@ -839,9 +853,14 @@ where
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = drops.changed() => break,
-            ev = events.recv() => {
-                let Some(ev) = ev else { break };
-                if topics.iter().any(|t| t.matches(&ev)) && ws.send(Message::text(ev.json.clone())).await.is_err() {
+            out = events.recv() => {
+                let frame = match out {
+                    None => break,
+                    Some(Outgoing::Event(ev)) if topics.iter().any(|t| t.matches(&ev)) => Message::text(ev.json.clone()),
+                    Some(Outgoing::Event(_)) => continue,
+                    Some(Outgoing::Raw(frame)) => frame,
+                };
+                if ws.send(frame).await.is_err() {
                     break;
                 }
             }

@@ -150,16 +150,18 @@ impl World {
             std::fs::create_dir_all(&dir)?;
             std::fs::copy(wasm_engines().join(file), dir.join(file))?;
         }
-        // Archives are served by the simulator's file server and found under its webroot.
+        let plugin_name = unique("cet-");
+        // Archives are served by the simulator's file server and found under its webroot,
+        // each holding this world's own image (see `archive`).
         let served = sim.webroot().join("files/fixtures");
         std::fs::create_dir_all(&served)?;
         for file in ["plain.tar", "plain.tar.gz", "baked.tar", "baked.tar.gz"] {
-            std::fs::copy(fixtures.join(file), served.join(file))?;
+            crate::archive::copy_for_world(&fixtures.join(file), &served.join(file), &plugin_name)?;
         }
         let mut world = World {
             sim,
             plugin: None,
-            plugin_name: unique("cet-"),
+            plugin_name,
             engine: under_test.engine.to_string(),
             under_test,
             runtime,
@@ -216,6 +218,11 @@ impl World {
 
     pub async fn machine_action(&self, machine: &Value, command: &str, params: Value) -> anyhow::Result<(u16, Value)> {
         self.plugin().action(machine.clone(), command, params).await
+    }
+
+    /// This world's copy of a fixture archive, as its file server serves it.
+    pub fn fixture(&self, name: &str) -> PathBuf {
+        self.sim.webroot().join("files/fixtures").join(name)
     }
 
     /// Loads a fixture archive into the engine under test as `image`, through the plugin.

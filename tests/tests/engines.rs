@@ -183,7 +183,7 @@ async fn missing_image_is_loaded_from_the_file_server(w: &mut World) -> anyhow::
     let dir = w.sim.webroot().join(format!("files/contexts/{}", w.plugin_name));
     let target = dir.join(&image);
     std::fs::create_dir_all(target.parent().context("image path has a parent")?)?;
-    std::fs::copy(w.fixtures.join("plain.tar"), &target)?;
+    std::fs::copy(w.fixture("plain.tar"), &target)?;
     expect(w.action("imageExists", json!({"context/image-name": image})).await?, 200, json!(false))?;
     w.sim.put_context(w.context("auto", &image));
     let uuid = unique("m");
@@ -224,7 +224,7 @@ async fn own_entrypoint_runs_without_drpcli(w: &mut World) -> anyhow::Result<()>
 }
 
 async fn checksum_accepts_matching_and_rejects_other_archives(w: &mut World) -> anyhow::Result<()> {
-    let archive = std::fs::read(w.fixtures.join("plain.tar"))?;
+    let archive = std::fs::read(w.fixture("plain.tar"))?;
     let good = hex::encode(Sha256::digest(&archive));
     let url = format!("{}/files/fixtures/plain.tar", w.sim.file_url());
     let image = image_name(w);

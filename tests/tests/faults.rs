@@ -3,8 +3,8 @@
 //! * the Docker daemon stopped and restarted under running agents and arriving events;
 //! * the plugin SIGKILLed in the middle of a 200-machine burst and restarted;
 //! * dr-provision's API answering 500s or hanging;
-//! * malformed and hostile input on every entry point (the plugin socket, event objects,
-//!   image paths, names a runtime rejects);
+//! * malformed and hostile input on every entry point (the plugin socket, websocket
+//!   frames, event objects, image paths, names a runtime rejects);
 //! * and, over everything each of these tests captured, no `RS_TOKEN` and no machine
 //!   token anywhere, and never `RS_TOKEN` in an agent's environment.
 //!
@@ -24,6 +24,7 @@ use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 
 const SETTLE: Duration = Duration::from_secs(90);
 const SCENARIO_LIMIT: Duration = Duration::from_secs(12 * 60);
@@ -870,7 +871,7 @@ async fn hostile_image_paths(f: &mut Fault) -> anyhow::Result<()> {
     // following them would load an image.
     let outside: PathBuf = f.w.sim.scratch().join("outside");
     std::fs::create_dir_all(&outside)?;
-    std::fs::copy(f.w.fixtures.join("plain.tar"), outside.join("plain.tar"))?;
+    std::fs::copy(f.w.fixture("plain.tar"), outside.join("plain.tar"))?;
     std::os::unix::fs::symlink(outside.join("plain.tar"), webroot.join("files/fixtures/link.tar"))?;
     std::os::unix::fs::symlink(&outside, webroot.join("files/linkdir"))?;
     let mut problems = Vec::new();
@@ -1075,4 +1076,71 @@ async fn wrongly_typed_objects(f: &mut Fault) -> anyhow::Result<()> {
     still_serving(f).await?;
     ensure!(problems.is_empty(), "{}", problems.join("\n"));
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_websocket_frames_are_ignored_and_lose_nothing() {
+    run_fault("hostile websocket frames", |f| Box::pin(hostile_frames(f))).await
+}
+
+/// Frames dr-provision would never send, on the live event stream: each is ignored or,
+/// for an event whose Object cannot be read, answered with a full reconcile. The stream
+/// stays up through all of them, events after them are still served, and a frame over
+/// the websocket size limit costs one reconnect, nothing more.
+async fn hostile_frames(f: &mut Fault) -> anyhow::Result<()> {
+    let image = f.image();
+    f.w.upload("plain.tar", &image).await?;
+    f.w.sim.put_context(f.w.context("ctx", &image));
+    let first = unique("m");
+    f.w.sim.put_machine(World::machine(&first, "ctx"));
+    let before = id_by_machine(&wait_exact(f, &in_context(std::slice::from_ref(&first), "ctx"), SETTLE).await?);
+    f.w.sim.wait_for("both subscriptions", SETTLE, || (f.w.sim.registrations().len() >= 2).then_some(())).await?;
+    let connects = f.w.sim.ws_connects();
+
+    let frames: Vec<(&str, Message)> = vec![
+        ("not JSON", Message::text("this is not json {")),
+        ("an empty object", Message::text("{}")),
+        ("an array", Message::text("[1,2,3]")),
+        ("null", Message::text("null")),
+        ("a string", Message::text("\"machines.update\"")),
+        ("no Action or Key", Message::text(r#"{"Type":"machines"}"#)),
+        ("no Type", Message::text(json!({"Action": "update", "Key": first, "Object": {"Uuid": first}}).to_string())),
+        ("no Key", Message::text(json!({"Type": "machines", "Action": "update", "Object": {"Uuid": first}}).to_string())),
+        ("Type of the wrong JSON type", Message::text(json!({"Type": 7, "Action": "update", "Key": first}).to_string())),
+        ("an unknown Type", Message::text(json!({"Type": "widgets", "Action": "create", "Key": "w", "Object": {}}).to_string())),
+        ("an unknown Action", Message::text(json!({"Type": "machines", "Action": "explode", "Key": first, "Object": {"Uuid": first, "Context": "ctx"}}).to_string())),
+        ("an unreadable Object", Message::text(json!({"Type": "machines", "Action": "update", "Key": first, "Object": "garbage"}).to_string())),
+        ("JSON nested 100,000 deep", Message::text(format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)))),
+        ("4 MiB of text", Message::text(format!("{{\"Type\":\"machines\",\"junk\":\"{}\"}}", "x".repeat(4 << 20)))),
+        ("a binary frame", Message::binary((0..=255u8).cycle().take(70_000).collect::<Vec<u8>>())),
+        ("a ping", Message::Ping(b"hello".to_vec().into())),
+    ];
+    for (_, frame) in &frames {
+        f.w.sim.send_raw_frame(frame.clone());
+    }
+    // A real event after the garbage on the same connection: still served.
+    let second = unique("m");
+    f.w.sim.put_machine(World::machine(&second, "ctx"));
+    let want = in_context(&[first.clone(), second.clone()], "ctx");
+    let after = id_by_machine(&wait_exact_and_stable(f, &want, SETTLE).await?);
+    ensure!(after.get(&first) == before.get(&first), "the first machine's agent was replaced by garbage frames");
+    ensure!(
+        f.w.sim.ws_connects() == connects,
+        "the event stream reconnected {} times over frames it should have ignored",
+        f.w.sim.ws_connects() - connects
+    );
+    let ignored = f.stderr_all().matches("ignoring a websocket frame that is not an Event").count();
+    ensure!(ignored >= 11, "only {ignored} of the malformed frames were reported as ignored");
+    wait_log(f, &[first.as_str(), "unreadable Object"], Duration::from_secs(10)).await?;
+
+    // Over tungstenite's 64 MiB message limit: the plugin drops the connection rather
+    // than buffer it, reconnects, re-lists, and serves the next event.
+    f.w.sim.send_raw_frame(Message::text("y".repeat(65 << 20)));
+    f.w.sim.wait_for("the event stream to reconnect", SETTLE, || (f.w.sim.ws_connects() > connects).then_some(())).await?;
+    let third = unique("m");
+    f.w.sim.put_machine(World::machine(&third, "ctx"));
+    let want = in_context(&[first.clone(), second.clone(), third.clone()], "ctx");
+    let last = id_by_machine(&wait_exact_and_stable(f, &want, SETTLE).await?);
+    ensure!(last.get(&first) == before.get(&first) && last.get(&second) == after.get(&second), "a reconnect replaced running agents");
+    still_serving(f).await
 }
