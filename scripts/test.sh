@@ -24,3 +24,5 @@ cargo test --release --locked --workspace --lib --bins \
   --test engines --test protocol --test mixed --test wasm -- --test-threads=4
 # Fault tests stop and restart dockerd, so they run alone, after everything else.
 cargo test --release --locked -p ce-tests --test faults -- --test-threads=1
+# The decoders under libFuzzer, 20 s per target (scripts/fuzz.sh says how to run longer).
+bash scripts/fuzz.sh 20

@@ -98,15 +98,29 @@ pub async fn start(
     if agent.image.is_empty() {
         return Err(AgentError::NoImage(agent.context.clone()));
     }
-    ensure_image(plugin, &engine, &agent.image, context, first_of_context)
-        .await
-        .map_err(|source| AgentError::Image {
-            image: agent.image.clone(),
-            source,
-        })?;
-    let token = plugin.drp.machine_token(&agent.machine).await?;
+    let ensure = || async {
+        ensure_image(plugin, &engine, &agent.image, context, first_of_context)
+            .await
+            .map_err(|source| AgentError::Image {
+                image: agent.image.clone(),
+                source,
+            })
+    };
+    let token = async { Ok::<_, AgentError>(plugin.drp.machine_token(&agent.machine).await?) };
+    // With Imagepull the image may have to be fetched again whether present or not, so
+    // that is settled first. Otherwise the start itself is the presence check: a missing
+    // image costs one failed create and is then loaded, a present one (nearly always)
+    // costs nothing, which keeps a start at the runtime's own create + start.
+    let pulled = context.meta(META_IMAGEPULL).is_some();
+    let token = if pulled { tokio::try_join!(ensure(), token)?.1 } else { token.await? };
     let spec = spec(plugin, agent, token);
-    Ok(engine.agent_start(&spec).await?)
+    match engine.agent_start(&spec).await {
+        Err(EngineError::ImageMissing { .. }) if !pulled => {
+            ensure().await?;
+            Ok(engine.agent_start(&spec).await?)
+        }
+        started => Ok(started?),
+    }
 }
 
 fn spec(plugin: &Plugin, agent: &Agent, token: String) -> AgentSpec {

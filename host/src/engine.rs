@@ -70,7 +70,7 @@ pub enum EngineError {
         address: String,
         cause: String,
     },
-    #[error("engine '{engine}': image '{image}' is not present")]
+    #[error("engine '{engine}': no such image: {image}")]
     ImageMissing { engine: String, image: String },
     #[error("engine '{engine}' rejected the image archive: {cause}")]
     BadArchive { engine: String, cause: String },

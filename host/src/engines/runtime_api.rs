@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
+use bollard::models::{ContainerCreateBody, ContainerCreateResponse, HostConfig, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ImportImageOptionsBuilder,
     RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
@@ -188,14 +188,25 @@ impl RuntimeApiEngine {
         }
     }
 
+    /// Creates and starts the agent, unless a container already has its name: that one is
+    /// kept when it runs from the same image, else replaced, so exactly one agent remains.
+    /// Creating first (instead of looking first) keeps the usual start at two requests.
     async fn create_and_start(&self, spec: &AgentSpec) -> Result<AgentInfo, EngineError> {
         let docker = self.client().await?;
-        let image = self.resolve_image(&spec.image).await?;
-        let options = CreateContainerOptionsBuilder::new().name(&spec.name).build();
-        let created = docker
-            .create_container(Some(options), self.create_body(spec, &image))
-            .await
-            .map_err(|e| self.error(e))?;
+        let created = match self.create(docker, spec).await {
+            Ok(created) => created,
+            // Podman answers a taken name with 500, Docker with 409: look either way.
+            Err(e) => {
+                let Some((info, _)) = self.inspect_agent(&spec.name).await? else {
+                    return Err(self.create_error(e, spec));
+                };
+                if info.running && info.label(crate::engine::labels::IMAGE) == Some(spec.image.as_str()) {
+                    return Ok(info);
+                }
+                self.remove(&info.id).await?;
+                self.create(docker, spec).await.map_err(|e| self.create_error(e, spec))?
+            }
+        };
         if let Err(e) = docker.start_container(&created.id, None).await {
             // A created-but-unstartable container would block the name forever.
             let _ = self.remove(&created.id).await;
@@ -209,10 +220,44 @@ impl RuntimeApiEngine {
         })
     }
 
-    /// The name under which the runtime actually has `image`.
+    /// Creates the agent's container from the first name the runtime knows the image by.
+    /// The create is the lookup: an image inspect costs about as much as a create on
+    /// Podman, and a create of a missing image fails at once with 404.
+    async fn create(&self, docker: &Docker, spec: &AgentSpec) -> Result<ContainerCreateResponse, BollardError> {
+        let options = CreateContainerOptionsBuilder::new().name(&spec.name).build();
+        let mut candidates = self.candidates(&spec.image).into_iter().peekable();
+        while let Some(image) = candidates.next() {
+            match docker.create_container(Some(options.clone()), self.create_body(spec, &image)).await {
+                Err(e) if Self::is_not_found(&e) && candidates.peek().is_some() => continue,
+                outcome => return outcome,
+            }
+        }
+        Err(BollardError::DockerResponseServerError {
+            status_code: 404,
+            message: format!("no such image: {}", spec.image),
+        })
+    }
+
+    /// A create that failed with no container in the way: 404 is the image.
+    fn create_error(&self, e: BollardError, spec: &AgentSpec) -> EngineError {
+        if Self::is_not_found(&e) {
+            return EngineError::ImageMissing {
+                engine: self.name.clone(),
+                image: spec.image.clone(),
+            };
+        }
+        self.error(e)
+    }
+
+    /// The name under which the runtime actually has `image`. With one candidate there is
+    /// nothing to choose: the caller's request fails with 404 if the image is missing.
     async fn resolve_image(&self, image: &str) -> Result<String, EngineError> {
+        let candidates = self.candidates(image);
+        if let [only] = candidates.as_slice() {
+            return Ok(only.clone());
+        }
         let docker = self.client().await?;
-        for candidate in self.candidates(image) {
+        for candidate in candidates {
             match docker.inspect_image(&candidate).await {
                 Ok(_) => return Ok(candidate),
                 Err(e) if Self::is_not_found(&e) => continue,
@@ -352,14 +397,6 @@ impl Engine for RuntimeApiEngine {
     }
 
     async fn agent_start(&self, spec: &AgentSpec) -> Result<AgentInfo, EngineError> {
-        if let Some((info, _)) = self.inspect_agent(&spec.name).await? {
-            let same_image = info.label(crate::engine::labels::IMAGE) == Some(spec.image.as_str());
-            if info.running && same_image {
-                return Ok(info);
-            }
-            // Stopped, or from another image: replace, so exactly one agent remains.
-            self.remove(&info.id).await?;
-        }
         self.create_and_start(spec).await
     }
 

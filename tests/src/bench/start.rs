@@ -99,7 +99,7 @@ async fn measure(world: &World, id: &str, runs: usize) -> anyhow::Result<Vec<Fig
             .baseline(format!("bollard create+start on {engine}, same config"), median(&floor))
             .goal(Goal::RatioAtMost(1.05))
             .note(
-                "plugin: action over its socket, container lookup, image check, token fetch, create, start, \
+                "plugin: action over its socket, token fetch, create (also the image and name check), start, \
                  agent-started event; 1 warm-up run each side not counted; runs alternate",
             ),
         Figure::new(SECTION, format!("  of which machine token fetch ({id} run)"), "ms")
