@@ -13,7 +13,7 @@ use context_engines::actions::Action;
 use context_engines::agents;
 use context_engines::drp::{Context, Machine};
 use context_engines::environment::Environment;
-use context_engines::images::{ArchiveSource, Images};
+use context_engines::images::{self, ArchiveSource, Images};
 use context_engines::params;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
@@ -91,6 +91,14 @@ fuzz_target!(|data: &[u8]| {
     let image_name = read(params::IMAGE_NAME);
     let image_path = read(params::IMAGE_PATH);
     let _engine = read(params::ENGINE);
+
+    // A name the reference check lets through is one no runtime would rewrite.
+    if let Some(image) = &image_name
+        && images::check_reference(image).is_ok()
+    {
+        assert!(image.len() <= 255 && image.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c)), "{image:?}");
+        assert!(!image.split('/').any(|part| part.is_empty() || part == ".."), "{image:?}");
+    }
 
     // The Model as machine actions read it, and the agent it would name.
     if let Ok(machine) = serde_json::from_value::<Machine>(action.model.clone())

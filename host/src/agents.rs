@@ -24,6 +24,8 @@ pub enum AgentError {
     BadName { context: String, machine: String },
     #[error("context '{0}' has no Image")]
     NoImage(String),
+    #[error("context '{context}': {why}")]
+    BadImage { context: String, why: String },
     #[error("fetching the machine token: {0}")]
     Token(#[from] DrpError),
     #[error("image '{image}': {source}")]
@@ -98,6 +100,10 @@ pub async fn start(
     if agent.image.is_empty() {
         return Err(AgentError::NoImage(agent.context.clone()));
     }
+    crate::images::check_reference(&agent.image).map_err(|why| AgentError::BadImage {
+        context: agent.context.clone(),
+        why,
+    })?;
     let ensure = || async {
         ensure_image(plugin, &engine, &agent.image, context, first_of_context)
             .await

@@ -281,21 +281,70 @@ fn checksum_marker(hex: &str) -> String {
     format!("{CHECKSUM_MARKER_REPO}:{hex}")
 }
 
-/// A plausible image reference: `[registry[:port]/]name[:tag]`, no spaces, no digest, at
-/// most one tag. Runtimes accept some malformed names by silently rewriting them.
+/// An image reference as Docker's grammar has it: `[host[:port]/]path[:tag]`, each path
+/// component lowercase letters and digits joined by `.`, `_`, `__` or dashes, the tag up
+/// to 128 of letters, digits, `_`, `.` and `-` (not first). No digests: an agent's image
+/// is a loaded one, found by name. Runtimes accept some malformed names by silently
+/// rewriting them, so the plugin checks before they see one.
 pub fn check_reference(image: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("image name '{image}' is not a valid reference: {why}"));
+    let bad = |why: String| Err(format!("image name '{image}' is not a valid reference: {why}"));
     if image.is_empty() || image.len() > 255 {
-        return bad("it must have 1 to 255 characters");
+        return bad("it must have 1 to 255 characters".to_string());
     }
-    if !image.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':')) {
-        return bad("only letters, digits and . _ - / : are allowed");
+    let (name, tag) = match image.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name, Some(tag)),
+        _ => (image, None),
+    };
+    if let Some(tag) = tag
+        && !valid_tag(tag)
+    {
+        return bad(format!("tag '{tag}' must be 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"));
     }
-    let last = image.rsplit('/').next().unwrap_or(image);
-    if last.matches(':').count() > 1 || last.starts_with(':') || last.ends_with(':') || image.ends_with('/') {
-        return bad("expected name[:tag]");
+    let mut components: Vec<&str> = name.split('/').collect();
+    let first = components[0];
+    if components.len() > 1 && (first.contains(['.', ':']) || first == "localhost") {
+        if !valid_host(first) {
+            return bad(format!("registry '{first}' must be host[:port]"));
+        }
+        components.remove(0);
     }
-    Ok(())
+    match components.iter().find(|c| !valid_component(c)) {
+        Some(component) => bad(format!(
+            "path component '{component}' must be lowercase letters and digits, joined by '.', '_', '__' or '-'"
+        )),
+        None => Ok(()),
+    }
+}
+
+fn valid_component(component: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let (Some(first), Some(last)) = (component.chars().next(), component.chars().last()) else {
+        return false;
+    };
+    // Separators between alphanumeric runs: '.', '_', '__', or any number of '-'.
+    let separators_ok = component
+        .split(alnum)
+        .filter(|run| !run.is_empty())
+        .all(|run| matches!(run, "." | "_" | "__") || run.chars().all(|c| c == '-'));
+    alnum(first) && alnum(last) && separators_ok && component.chars().all(|c| alnum(c) || matches!(c, '.' | '_' | '-'))
+}
+
+fn valid_tag(tag: &str) -> bool {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    tag.len() <= 128
+        && tag.chars().next().is_some_and(word)
+        && tag.chars().all(|c| word(c) || matches!(c, '.' | '-'))
+}
+
+fn valid_host(host: &str) -> bool {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (host, None),
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty() && !l.starts_with('-') && !l.ends_with('-') && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    name.split('.').all(label_ok) && port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// A relative path with no `..`, no root and no empty remainder: `files/../../etc` must
@@ -353,10 +402,33 @@ mod tests {
 
     #[test]
     fn malformed_references_are_refused() {
-        for good in ["foo", "foo/bar:1", "reg:5000/foo/bar:1.2", "localhost/a_b-c"] {
+        for good in [
+            "foo",
+            "foo/bar:1",
+            "reg:5000/foo/bar:1.2",
+            "localhost/a_b-c",
+            "Reg.Example.com/a__b/c--d:V1_x-2",
+            "ce-test/cet-7d47:1",
+        ] {
             assert!(check_reference(good).is_ok(), "{good}");
         }
-        for bad in ["", "x:tag:extra", "a b", "foo:", "foo/", "x@sha256:abc"] {
+        for bad in [
+            "",
+            "x:tag:extra",
+            "a b",
+            "foo:",
+            "foo/",
+            "x@sha256:abc",
+            "../../../../etc/passwd",
+            "UPPER/case:1",
+            "-leading:1",
+            "a/.hidden:1",
+            "a___b",
+            "a._b",
+            "foo:-tag",
+            "reg:port/foo",
+            "a//b",
+        ] {
             assert!(check_reference(bad).is_err(), "{bad}");
         }
     }
