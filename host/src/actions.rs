@@ -211,6 +211,7 @@ fn image_error_code(e: &ImageError) -> u16 {
         ImageError::ChecksumMismatch { .. } => 422,
         ImageError::Engine(engine) => engine_error_code(engine),
         ImageError::Shared(inner) => image_error_code(inner),
+        ImageError::Aborted(_) => 500,
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_compression::tokio::bufread::GzipDecoder;
@@ -40,6 +41,8 @@ pub enum ImageError {
     Engine(#[from] EngineError),
     #[error("{0}")]
     Shared(Arc<ImageError>),
+    #[error("the image load stopped abnormally: {0}")]
+    Aborted(String),
 }
 
 /// Where an archive is read from.
@@ -129,13 +132,16 @@ impl Images {
                 .or_insert_with(|| {
                     let this = Arc::clone(self);
                     let image = image.to_string();
-                    async move {
+                    // A task of its own: the load runs to its end (and gives the engine's
+                    // turn back) even when every caller waiting for it has given up.
+                    let task = tokio::spawn(async move {
                         let result = this.load_now(engine.as_ref(), &image, &source, checksum.as_deref()).await;
                         this.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
                         result.map_err(Arc::new)
-                    }
-                    .boxed()
-                    .shared()
+                    });
+                    async move { task.await.unwrap_or_else(|e| Err(Arc::new(ImageError::Aborted(e.to_string())))) }
+                        .boxed()
+                        .shared()
                 })
                 .clone()
         };
@@ -150,23 +156,30 @@ impl Images {
         checksum: Option<&str>,
     ) -> Result<(), ImageError> {
         tracing::info!(engine = engine.name(), image, source = %source.describe(), "loading image archive");
-        let Some(expected) = checksum else {
-            let _turn = self.engine_turn(engine.name()).await;
-            let raw = self.open(source).await?;
-            return Ok(engine.image_load(image, gunzip(raw).await?).await?);
+        let expected = checksum.map(normalize_checksum).transpose()?;
+        // A download, or an archive with a checksum, is spooled to disk first (hashed on
+        // the way), so an engine's turn is never spent waiting on the network and only a
+        // verified archive reaches it. A local file without a checksum is read in place.
+        let spooled = match (source, &expected) {
+            (ArchiveSource::File(_), None) => None,
+            _ => Some(self.spool(source, expected.as_deref()).await?),
         };
-        let expected = normalize_checksum(expected)?;
-        let spooled = self.spool_verified(source, &expected).await?;
         let result = async {
             let _turn = self.engine_turn(engine.name()).await;
-            let file = tokio::fs::File::open(&spooled).await.map_err(|e| read_error(&spooled, e))?;
-            let raw: ArchiveStream = Box::pin(ReaderStream::new(file));
+            let raw = match &spooled {
+                Some(path) => self.open(&ArchiveSource::File(path.clone())).await?,
+                None => self.open(source).await?,
+            };
             engine.image_load(image, gunzip(raw).await?).await?;
-            engine.image_tag(image, &checksum_marker(&expected)).await?;
+            if let Some(expected) = &expected {
+                engine.image_tag(image, &checksum_marker(expected)).await?;
+            }
             Ok(())
         }
         .await;
-        let _ = tokio::fs::remove_file(&spooled).await;
+        if let Some(path) = &spooled {
+            let _ = tokio::fs::remove_file(path).await;
+        }
         result
     }
 
@@ -210,13 +223,16 @@ impl Images {
         }
     }
 
-    /// Downloads to a spool file while hashing; only a verified archive is handed on.
-    async fn spool_verified(&self, source: &ArchiveSource, expected: &str) -> Result<PathBuf, ImageError> {
+    /// Copies `source` to a spool file while hashing it; with `expected`, only an archive
+    /// of that sha256 is kept.
+    async fn spool(&self, source: &ArchiveSource, expected: Option<&str>) -> Result<PathBuf, ImageError> {
+        static SPOOLED: AtomicU64 = AtomicU64::new(0);
         let mut raw = self.open(source).await?;
         tokio::fs::create_dir_all(&self.spool_dir)
             .await
             .map_err(|e| read_error(&self.spool_dir, e))?;
-        let path = self.spool_dir.join(format!("archive-{expected}-{}.tar", std::process::id()));
+        let n = SPOOLED.fetch_add(1, Ordering::Relaxed);
+        let path = self.spool_dir.join(format!("archive-{}-{n}.tar", std::process::id()));
         let mut file = tokio::fs::File::create(&path).await.map_err(|e| read_error(&path, e))?;
         let mut hasher = Sha256::new();
         let copied = async {
@@ -229,11 +245,12 @@ impl Images {
         }
         .await;
         let actual = hex::encode(hasher.finalize());
-        if copied.is_err() || actual != expected {
+        let mismatch = expected.filter(|expected| *expected != actual);
+        if copied.is_err() || mismatch.is_some() {
             let _ = tokio::fs::remove_file(&path).await;
         }
         copied?;
-        if actual != expected {
+        if let Some(expected) = mismatch {
             return Err(ImageError::ChecksumMismatch {
                 source_name: source.describe(),
                 expected: expected.to_string(),
@@ -302,7 +319,10 @@ pub fn check_reference(image: &str) -> Result<(), String> {
     }
     let mut components: Vec<&str> = name.split('/').collect();
     let first = components[0];
-    if components.len() > 1 && (first.contains(['.', ':']) || first == "localhost") {
+    // Docker's rule for "is the first component a registry": a dot, a colon, uppercase,
+    // or `localhost`.
+    let registry = first.contains(['.', ':']) || first == "localhost" || first.chars().any(|c| c.is_ascii_uppercase());
+    if components.len() > 1 && registry {
         if !valid_host(first) {
             return bad(format!("registry '{first}' must be host[:port]"));
         }
@@ -409,6 +429,8 @@ mod tests {
             "localhost/a_b-c",
             "Reg.Example.com/a__b/c--d:V1_x-2",
             "ce-test/cet-7d47:1",
+            "UPPER/case:1",
+            "localhost:5000/foo",
         ] {
             assert!(check_reference(good).is_ok(), "{good}");
         }
@@ -420,7 +442,7 @@ mod tests {
             "foo/",
             "x@sha256:abc",
             "../../../../etc/passwd",
-            "UPPER/case:1",
+            "upper/Case:1",
             "-leading:1",
             "a/.hidden:1",
             "a___b",

@@ -48,6 +48,11 @@ fn rewrite(tar: &[u8], world: &str) -> anyhow::Result<Vec<u8>> {
         entry.read_to_end(&mut data)?;
         entries.push((path, data));
     }
+    // The fixtures come from dockerd 20.10: the legacy layout. Docker 25+ also writes an
+    // OCI index.json pointing at the config this rewrites; refuse rather than mislead.
+    if entries.iter().any(|(p, _)| p == "index.json") {
+        bail!("an OCI-layout archive (index.json); only the legacy docker save layout is rewritten");
+    }
     let manifest_at = entries.iter().position(|(p, _)| p == "manifest.json").context("no manifest.json")?;
     let mut manifest: Value = serde_json::from_slice(&entries[manifest_at].1)?;
     let Some(images) = manifest.as_array_mut() else { bail!("manifest.json is not a list") };

@@ -42,6 +42,7 @@ behaviour_suite! {
         restart_adopts_agents_and_removes_orphans,
         missed_events_are_recovered_after_reconnect,
         image_change_replaces_agents,
+        start_from_a_missing_image_keeps_the_running_agent,
         agent_actions_are_idempotent,
         burst_of_machines_converges,
     ]
@@ -334,6 +335,30 @@ async fn image_change_replaces_agents(w: &mut World) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+async fn start_from_a_missing_image_keeps_the_running_agent(w: &mut World) -> anyhow::Result<()> {
+    let image = image_name(w);
+    w.upload("plain.tar", &image).await?;
+    w.sim.put_context(w.context("ctx", &image));
+    let uuid = unique("m");
+    let machine = World::machine(&uuid, "ctx");
+    w.sim.put_machine(machine.clone());
+    let before = w.wait_agents(1, SETTLE).await?;
+    // An image nobody loaded and the file server does not have: the start fails by
+    // name, and the agent that runs is not touched on the way.
+    let missing = format!("{}-missing", image_name(w));
+    let (code, body) = w
+        .machine_action(&machine, "agentStart", json!({"context/name": "ctx", "context/image-name": missing}))
+        .await?;
+    ensure!(code >= 400, "agentStart from a missing image answered {code}: {body}");
+    ensure_error_says(&body, &missing)?;
+    let after = w.running_agents().await?;
+    ensure!(
+        after.len() == 1 && after[0].id == before[0].id,
+        "the running agent did not survive a failed start: before {before:?}, after {after:?}"
+    );
+    Ok(())
 }
 
 async fn agent_actions_are_idempotent(w: &mut World) -> anyhow::Result<()> {

@@ -1083,8 +1083,9 @@ async fn hostile_websocket_frames_are_ignored_and_lose_nothing() {
     run_fault("hostile websocket frames", |f| Box::pin(hostile_frames(f))).await
 }
 
-/// Frames dr-provision would never send, on the live event stream: each is ignored or,
-/// for an event whose Object cannot be read, answered with a full reconcile. The stream
+/// Frames dr-provision would never send, on the live event stream: each is ignored, or,
+/// for an event whose Object cannot be read, answered with a full reconcile (an unknown
+/// Action with a readable machine is taken as that machine's state, like an update). The stream
 /// stays up through all of them, events after them are still served, and a frame over
 /// the websocket size limit costs one reconnect, nothing more.
 async fn hostile_frames(f: &mut Fault) -> anyhow::Result<()> {
@@ -1133,8 +1134,8 @@ async fn hostile_frames(f: &mut Fault) -> anyhow::Result<()> {
     ensure!(ignored >= 11, "only {ignored} of the malformed frames were reported as ignored");
     wait_log(f, &[first.as_str(), "unreadable Object"], Duration::from_secs(10)).await?;
 
-    // Over tungstenite's 64 MiB message limit: the plugin drops the connection rather
-    // than buffer it, reconnects, re-lists, and serves the next event.
+    // Over tungstenite's limits (16 MiB a frame, 64 MiB a message): the plugin drops the
+    // connection rather than buffer it, reconnects, re-lists, and serves the next event.
     f.w.sim.send_raw_frame(Message::text("y".repeat(65 << 20)));
     f.w.sim.wait_for("the event stream to reconnect", SETTLE, || (f.w.sim.ws_connects() > connects).then_some(())).await?;
     let third = unique("m");

@@ -161,18 +161,13 @@ impl DockerApi {
         }
     }
 
-    fn create_and_start(&self, spec: AgentSpec) -> Result<AgentInfo> {
-        let Some((image, _)) = self.find_image(&spec.image)? else {
-            return Err(EngineError::ImageMissing(format!(
-                "{NAME} at {}: image {} is not on the daemon",
-                self.config.base_url, spec.image
-            )));
-        };
+    /// Creates and starts the agent from `image`, the name the daemon has it under.
+    fn create_and_start(&self, spec: AgentSpec, image: &str) -> Result<AgentInfo> {
         let path = api::container_create_path(&spec.name);
         let response = self.call(
             Method::Post,
             &path,
-            Payload::Json(api::create_body(&spec, &image)),
+            Payload::Json(api::create_body(&spec, image)),
         )?;
         let created: api::Created = match response.status() {
             200..=299 => self.parse(&Method::Post, &path, &response)?,
@@ -293,6 +288,13 @@ impl Engine for DockerApi {
     }
 
     fn agent_start(&mut self, spec: AgentSpec) -> Result<AgentInfo> {
+        // The image first: a start that cannot happen must leave the running agent alone.
+        let Some((image, _)) = self.find_image(&spec.image)? else {
+            return Err(EngineError::ImageMissing(format!(
+                "{} (not on the daemon at {})",
+                spec.image, self.config.base_url
+            )));
+        };
         if let Some(existing) = self.inspect_agent(&spec.name)? {
             if existing.running && existing.label(IMAGE_LABEL) == Some(spec.image.as_str()) {
                 return Ok(existing);
@@ -309,7 +311,7 @@ impl Engine for DockerApi {
             );
             self.remove_container(&existing.id)?;
         }
-        self.create_and_start(spec)
+        self.create_and_start(spec, &image)
     }
 
     fn agent_stop(&mut self, name: &str) -> Result<bool> {

@@ -195,6 +195,9 @@ impl RuntimeApiEngine {
         let docker = self.client().await?;
         let created = match self.create(docker, spec).await {
             Ok(created) => created,
+            // Before anything is touched: a start from a missing image must not cost the
+            // agent that runs now (the caller loads the image and tries once more).
+            Err(e) if Self::is_missing_image(&e) => return Err(self.create_error(e, spec)),
             // Podman answers a taken name with 500, Docker with 409: look either way.
             Err(e) => {
                 let Some((info, _)) = self.inspect_agent(&spec.name).await? else {
@@ -228,7 +231,7 @@ impl RuntimeApiEngine {
         let mut candidates = self.candidates(&spec.image).into_iter().peekable();
         while let Some(image) = candidates.next() {
             match docker.create_container(Some(options.clone()), self.create_body(spec, &image)).await {
-                Err(e) if Self::is_not_found(&e) && candidates.peek().is_some() => continue,
+                Err(e) if Self::is_missing_image(&e) && candidates.peek().is_some() => continue,
                 outcome => return outcome,
             }
         }
@@ -238,9 +241,15 @@ impl RuntimeApiEngine {
         })
     }
 
-    /// A create that failed with no container in the way: 404 is the image.
+    /// A create's 404 about the image: Docker says "No such image: …", Podman "no such
+    /// image: …: image not known". Other 404s (a network that does not exist) are not.
+    fn is_missing_image(e: &BollardError) -> bool {
+        matches!(e, BollardError::DockerResponseServerError { status_code: 404, message }
+            if message.to_ascii_lowercase().contains("image"))
+    }
+
     fn create_error(&self, e: BollardError, spec: &AgentSpec) -> EngineError {
-        if Self::is_not_found(&e) {
+        if Self::is_missing_image(&e) {
             return EngineError::ImageMissing {
                 engine: self.name.clone(),
                 image: spec.image.clone(),
