@@ -236,6 +236,18 @@ async fn wait_exact_and_stable(f: &Fault, want: &BTreeMap<String, String>, timeo
     Ok(later)
 }
 
+/// How most scenarios begin: the world's image uploaded, Context `ctx` serving it, and
+/// one machine in it whose agent runs. Returns the image, the machine, and its agent's id.
+async fn one_agent_in_ctx(f: &Fault) -> anyhow::Result<(String, String, BTreeMap<String, String>)> {
+    let image = f.image();
+    f.w.upload("plain.tar", &image).await?;
+    f.w.sim.put_context(f.w.context("ctx", &image));
+    let first = unique("m");
+    f.w.sim.put_machine(World::machine(&first, "ctx"));
+    let before = id_by_machine(&wait_exact(f, &in_context(std::slice::from_ref(&first), "ctx"), SETTLE).await?);
+    Ok((image, first, before))
+}
+
 fn in_context(machines: &[String], context: &str) -> BTreeMap<String, String> {
     machines.iter().map(|m| (m.clone(), context.to_string())).collect()
 }
@@ -580,12 +592,7 @@ async fn token_500s_fail_agents_visibly_and_they_start_once_it_recovers() {
 }
 
 async fn token_500(f: &mut Fault) -> anyhow::Result<()> {
-    let image = f.image();
-    f.w.upload("plain.tar", &image).await?;
-    f.w.sim.put_context(f.w.context("ctx", &image));
-    let first = unique("m");
-    f.w.sim.put_machine(World::machine(&first, "ctx"));
-    let before = id_by_machine(&wait_exact(f, &in_context(std::slice::from_ref(&first), "ctx"), SETTLE).await?);
+    let (_, first, before) = one_agent_in_ctx(f).await?;
     f.w.sim.set_api_fault(ApiFault::Status500);
     let late: Vec<String> = (0..2).map(|_| unique("m")).collect();
     for m in &late {
@@ -939,12 +946,7 @@ async fn odd_machines_and_contexts_fail_by_name_beside_good_ones() {
 }
 
 async fn odd_objects(f: &mut Fault) -> anyhow::Result<()> {
-    let image = f.image();
-    f.w.upload("plain.tar", &image).await?;
-    f.w.sim.put_context(f.w.context("ctx", &image));
-    let first = unique("m");
-    f.w.sim.put_machine(World::machine(&first, "ctx"));
-    let before = id_by_machine(&wait_exact(f, &in_context(std::slice::from_ref(&first), "ctx"), SETTLE).await?);
+    let (image, first, before) = one_agent_in_ctx(f).await?;
 
     // Meta with values of every JSON type: read leniently, the machine gets its agent.
     let odd_meta = unique("meta");
@@ -1024,12 +1026,7 @@ async fn wrongly_typed_objects_do_not_block_other_machines() {
 }
 
 async fn wrongly_typed_objects(f: &mut Fault) -> anyhow::Result<()> {
-    let image = f.image();
-    f.w.upload("plain.tar", &image).await?;
-    f.w.sim.put_context(f.w.context("ctx", &image));
-    let first = unique("m");
-    f.w.sim.put_machine(World::machine(&first, "ctx"));
-    let before = id_by_machine(&wait_exact(f, &in_context(std::slice::from_ref(&first), "ctx"), SETTLE).await?);
+    let (_, first, before) = one_agent_in_ctx(f).await?;
 
     // Objects whose fields have the wrong JSON type: events whose Object the plugin
     // cannot read, and which then sit in every machine/context listing too.
@@ -1089,12 +1086,7 @@ async fn hostile_websocket_frames_are_ignored_and_lose_nothing() {
 /// stays up through all of them, events after them are still served, and a frame over
 /// the websocket size limit costs one reconnect, nothing more.
 async fn hostile_frames(f: &mut Fault) -> anyhow::Result<()> {
-    let image = f.image();
-    f.w.upload("plain.tar", &image).await?;
-    f.w.sim.put_context(f.w.context("ctx", &image));
-    let first = unique("m");
-    f.w.sim.put_machine(World::machine(&first, "ctx"));
-    let before = id_by_machine(&wait_exact(f, &in_context(std::slice::from_ref(&first), "ctx"), SETTLE).await?);
+    let (_, first, before) = one_agent_in_ctx(f).await?;
     f.w.sim.wait_for("both subscriptions", SETTLE, || (f.w.sim.registrations().len() >= 2).then_some(())).await?;
     let connects = f.w.sim.ws_connects();
 
