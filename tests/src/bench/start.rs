@@ -92,6 +92,7 @@ async fn measure(world: &World, id: &str, runs: usize) -> anyhow::Result<Vec<Fig
         }
     }
     let token = token_fetch(world, &uuid, runs).await?;
+    let own = own_cost(world, &machine, &context, runs).await?;
     let engine = if id == "docker" { "dockerd" } else { "Podman (compat API)" };
     Ok(vec![
         Figure::new(SECTION, format!("agentStart → running ({id})"), "ms")
@@ -102,6 +103,9 @@ async fn measure(world: &World, id: &str, runs: usize) -> anyhow::Result<Vec<Fig
                 "plugin: action over its socket, token fetch, create (also the image and name check), start, \
                  agent-started event; 1 warm-up run each side not counted; runs alternate",
             ),
+        Figure::new(SECTION, format!("  the plugin's own part ({id} run)"), "ms")
+            .value(median(&own), runs)
+            .note("the same agentStart on the bundled null WASM engine, which starts nothing: socket, token, engine call, bookkeeping, event"),
         Figure::new(SECTION, format!("  of which machine token fetch ({id} run)"), "ms")
             .value(median(&token), runs)
             .note("GET /api/v3/machines/{uuid}/token?ttl=3y against the simulator, with the plugin's own DrpClient (pooled HTTPS)"),
@@ -158,6 +162,27 @@ async fn ensure_running(runtime: &Docker, name: &str) -> anyhow::Result<()> {
 async fn remove(runtime: &Docker, name: &str) -> anyhow::Result<()> {
     let options = RemoveContainerOptionsBuilder::new().force(true).build();
     runtime.remove_container(name, Some(options)).await.with_context(|| format!("removing {name}"))
+}
+
+/// agentStart (then agentStop) on the null engine: everything the plugin does for a
+/// start except the runtime's own work.
+async fn own_cost(world: &World, machine: &serde_json::Value, context: &str, runs: usize) -> anyhow::Result<Vec<f64>> {
+    let start = json!({"context/image-name": IMAGE, "context/name": context, "context/engine": "null"});
+    let stop = json!({"context/name": context, "context/engine": "null"});
+    let mut times = Vec::new();
+    for run in 0..=runs {
+        let started = Instant::now();
+        let (code, reply) = world.machine_action(machine, "agentStart", start.clone()).await?;
+        let took = started.elapsed();
+        if code != 200 {
+            bail!("agentStart on the null engine answered {code}: {reply}");
+        }
+        world.machine_action(machine, "agentStop", stop.clone()).await?;
+        if run > 0 {
+            times.push(ms(took));
+        }
+    }
+    Ok(times)
 }
 
 async fn token_fetch(world: &World, uuid: &str, runs: usize) -> anyhow::Result<Vec<f64>> {
