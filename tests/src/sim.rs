@@ -309,6 +309,9 @@ impl Sim {
     }
 
     pub fn drop_websockets(&self) {
+        // Unsubscribe the sessions at once, under the state lock: an event emitted after
+        // this call must never reach a session that has not yet noticed the drop.
+        self.inner.state().subscribers.clear();
         self.inner.ws_generation.send_modify(|g| *g += 1);
     }
 
@@ -851,6 +854,9 @@ where
     let mut topics: Vec<Topic> = Vec::new();
     loop {
         tokio::select! {
+            // A drop wins over anything still queued: a connection that drops loses what
+            // was in flight.
+            biased;
             _ = cancel.cancelled() => break,
             _ = drops.changed() => break,
             out = events.recv() => {
