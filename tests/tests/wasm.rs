@@ -103,6 +103,11 @@ async fn a_bad_engine_file_is_reported_and_changes_nothing_else() {
         let row = wait_row(w, "broken", |r| r.is_some()).await?.context("broken listed")?;
         ensure!(row["state"] == "failed", "row {row}");
         ensure!(row["error"].to_string().contains("not a WebAssembly component"), "reason: {row}");
+        // A real component, for another version of the package.
+        install(w, "future.wasm", "future")?;
+        let row = wait_row(w, "future", |r| r.is_some()).await?.context("future listed")?;
+        ensure!(row["state"] == "failed", "row {row}");
+        ensure!(row["error"].to_string().contains("lifecycle@0.2.0"), "reason: {row}");
         // The other engines are untouched and serve.
         ensure!(engine_row(w, "null").await?.is_some_and(|r| r["state"] == "ready"), "null engine lost");
         ensure!(engine_row(w, "docker").await?.is_some_and(|r| r["state"] == "ready"), "docker engine lost");
@@ -196,6 +201,17 @@ fn engines_check_reports_what_fits_and_what_does_not() {
     assert!(stdout.contains("exports context-engines:engine/lifecycle@0.1.0"), "{stdout}");
     assert!(stdout.contains("image-load") && stdout.contains("agent-start"), "{stdout}");
     assert!(stdout.contains("describe: name=docker-api"), "{stdout}");
+
+    // A component for another version of the package: refused, saying what it is.
+    let future = Command::new(plugin_bin())
+        .args(["engines", "check"])
+        .arg(wasm_engines().join("future.wasm"))
+        .output()
+        .expect("run engines check");
+    let stderr = String::from_utf8_lossy(&future.stderr);
+    assert!(!future.status.success(), "a component of engine@0.2.0 passed the check");
+    assert!(stderr.contains("does not fit the world context-engines:engine/engine@0.1.0"), "{stderr}");
+    assert!(stderr.contains("exports context-engines:engine/lifecycle@0.2.0"), "the error should show what it exports: {stderr}");
 
     let junk = std::env::temp_dir().join(format!("{}.wasm", unique("junk")));
     std::fs::write(&junk, b"definitely not wasm").expect("write junk");

@@ -113,7 +113,7 @@ impl WasmRuntime {
             .and_then(EnginePre::new)
             .map_err(|e| LoadError::WrongWorld {
                 path: display.to_string(),
-                cause: format!("{e:#}"),
+                cause: format!("{e:#}; the component exports {}", self.export_names(&component)),
             })?;
         Ok(Loaded {
             pre,
@@ -122,6 +122,13 @@ impl WasmRuntime {
             from_cache,
             compile_time,
         })
+    }
+
+    /// What a component offers instead, which is what an engine author needs to see
+    /// when it does not fit (often the package version it was built against).
+    fn export_names(&self, component: &Component) -> String {
+        let names: Vec<String> = component.component_type().exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        if names.is_empty() { "nothing".to_string() } else { names.join(", ") }
     }
 
     fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
