@@ -182,13 +182,32 @@ fn engine_config(params: &Map<String, Value>) -> Result<BTreeMap<String, Map<Str
     engines
         .iter()
         .map(|(engine, settings)| match settings {
-            Value::Object(map) => Ok((engine.clone(), map.clone())),
+            Value::Object(map) => {
+                request_timeout(engine, map)?;
+                Ok((engine.clone(), map.clone()))
+            }
             other => Err(ParamError::Invalid {
                 name: ENGINE_CONFIG.to_string(),
                 why: format!("settings of engine '{engine}' must be an object, got {}", type_name(other)),
             }),
         })
         .collect()
+}
+
+/// Key of a native engine's settings: seconds a runtime request may take (image loads
+/// excepted), 1 to 3600.
+pub const REQUEST_TIMEOUT_SECS: &str = "request-timeout-secs";
+
+/// The engine's `request-timeout-secs`, if set; a wrong one is refused by name.
+pub fn request_timeout(engine: &str, settings: &Map<String, Value>) -> Result<Option<u64>, ParamError> {
+    let Some(value) = settings.get(REQUEST_TIMEOUT_SECS) else { return Ok(None) };
+    match value.as_u64().filter(|secs| (1..=3600).contains(secs)) {
+        Some(secs) => Ok(Some(secs)),
+        None => Err(ParamError::Invalid {
+            name: ENGINE_CONFIG.to_string(),
+            why: format!("'{REQUEST_TIMEOUT_SECS}' of engine '{engine}' must be a whole number of seconds from 1 to 3600, got {value}"),
+        }),
+    }
 }
 
 fn wrong_type(name: &str, expected: &'static str, got: &Value) -> ParamError {
@@ -244,6 +263,8 @@ mod tests {
         assert!(err.to_string().contains(MAX_PARALLEL), "{err}");
         let err = Settings::from_params(&json!({ ENGINE_CONFIG: {"docker": 3} }), &env()).unwrap_err();
         assert!(err.to_string().contains("docker"), "{err}");
+        let err = Settings::from_params(&json!({ ENGINE_CONFIG: {"podman": {REQUEST_TIMEOUT_SECS: 0}} }), &env()).unwrap_err();
+        assert!(err.to_string().contains("podman") && err.to_string().contains(REQUEST_TIMEOUT_SECS), "{err}");
         let err = Settings::from_params(&json!([1]), &env()).unwrap_err();
         assert_eq!(err, ParamError::NotAnObject("a list".to_string()));
     }

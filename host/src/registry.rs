@@ -59,7 +59,9 @@ impl Registry {
                 continue;
             }
             let host = wanted.get("host").and_then(Value::as_str);
-            let engine: Arc<dyn Engine> = Arc::new(RuntimeApiEngine::new(name, *flavor, host));
+            // Settings were checked when the config was accepted.
+            let timeout = crate::params::request_timeout(name, &wanted).ok().flatten();
+            let engine: Arc<dyn Engine> = Arc::new(RuntimeApiEngine::new(name, *flavor, host, timeout));
             native.insert(name.to_string(), Native { engine, settings: wanted });
         }
         drop(native);

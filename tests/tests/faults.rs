@@ -1137,3 +1137,64 @@ async fn hostile_frames(f: &mut Fault) -> anyhow::Result<()> {
     ensure!(last.get(&first) == before.get(&first) && last.get(&second) == after.get(&second), "a reconnect replaced running agents");
     still_serving(f).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_runtime_fails_calls_within_its_timeout() {
+    run_fault("a runtime that hangs", |f| Box::pin(hanging_runtime(f))).await
+}
+
+/// A runtime that accepts connections and never answers, behind the `podman` engine
+/// (`request-timeout-secs: 2`): each call on it fails within its timeout, naming the
+/// engine, instead of holding the machine's lock for the default 120 s; a second call
+/// fails just as soon (the lock was freed); docker beside it is unaffected. A timeout the
+/// plugin cannot use is refused by name and the previous config stays.
+async fn hanging_runtime(f: &mut Fault) -> anyhow::Result<()> {
+    const LIMIT: Duration = Duration::from_secs(15);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let mut params = f.w.params();
+    params["context-engines/engine-config"] = json!({"podman": {"host": format!("tcp://127.0.0.1:{port}"), "request-timeout-secs": 2}});
+    let plugin = f.w.plugin.as_ref().context("no plugin process")?;
+    let (code, body) = plugin.config(params.clone()).await?;
+    ensure!(code == 200, "config with a 2 s timeout: {code} {body}");
+
+    let (image, first, _) = one_agent_in_ctx(f).await?;
+    let machine = World::machine(&unique("h"), "");
+    f.w.sim.put_machine(machine.clone());
+    let mut problems = Vec::new();
+    for attempt in 1..=2 {
+        let started = Instant::now();
+        let start = json!({"context/name": "hung", "context/image-name": image, "context/engine": "podman"});
+        let outcome = tokio::time::timeout(LIMIT, f.w.machine_action(&machine, "agentStart", start)).await;
+        match outcome {
+            Err(_) => problems.push(format!("agentStart #{attempt} on the hanging runtime took more than {LIMIT:?}")),
+            Ok(Err(e)) => problems.push(format!("agentStart #{attempt}: {e:#}")),
+            Ok(Ok((code, body))) => {
+                let says = body["Messages"].to_string();
+                if code < 500 || !says.contains("'podman'") || !is_error_json(&body) {
+                    problems.push(format!("agentStart #{attempt} ({:?}): expected a 5xx Error naming 'podman', got {code} {body}", started.elapsed()));
+                }
+            }
+        }
+    }
+    // docker beside it: the running agent stays, a new one starts.
+    let second = unique("m");
+    f.w.sim.put_machine(World::machine(&second, "ctx"));
+    wait_exact(f, &in_context(&[first.clone(), second.clone()], "ctx"), SETTLE).await?;
+
+    params["context-engines/engine-config"]["podman"]["request-timeout-secs"] = json!("soon");
+    let (code, body) = plugin.config(params).await?;
+    if !(code >= 400 && is_error_json(&body) && body["Messages"].to_string().contains("request-timeout-secs")) {
+        problems.push(format!("a timeout of \"soon\" should be refused naming request-timeout-secs: {code} {body}"));
+    }
+    still_serving(f).await?;
+    holder.abort();
+    ensure!(problems.is_empty(), "{}", problems.join("\n"));
+    Ok(())
+}

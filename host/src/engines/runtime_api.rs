@@ -22,8 +22,12 @@ use tokio::sync::OnceCell;
 use super::container_list;
 use crate::engine::{AgentInfo, AgentSpec, ArchiveStream, Engine, EngineError, EngineInfo};
 
+/// Every request but an image load, unless `request-timeout-secs` says otherwise: a
+/// runtime that hangs fails the call (and frees the machine's lock) within this, and a
+/// stop's grace period fits in it many times over.
+const REQUEST_TIMEOUT_SECS: u64 = 120;
 /// Long enough for a multi-gigabyte image load; bollard applies it per request.
-const REQUEST_TIMEOUT_SECS: u64 = 900;
+const LOAD_TIMEOUT_SECS: u64 = 900;
 /// Grace period for `processjobs` to finish its current step before it is killed.
 const STOP_GRACE_SECS: i32 = 10;
 const DRPCLI_IN_AGENT: &str = "/usr/bin/drpcli";
@@ -57,14 +61,16 @@ pub struct RuntimeApiEngine {
     /// Connected lazily: the runtime may come up after the plugin, and a failed
     /// negotiation must be retried on the next call, not cached.
     client: OnceCell<Docker>,
+    timeout_secs: u64,
 }
 
 impl RuntimeApiEngine {
-    pub fn new(name: &str, flavor: Flavor, host: Option<&str>) -> Self {
+    pub fn new(name: &str, flavor: Flavor, host: Option<&str>, timeout_secs: Option<u64>) -> Self {
         RuntimeApiEngine {
             name: name.to_string(),
             flavor,
             host: host.unwrap_or(flavor.default_host()).to_string(),
+            timeout_secs: timeout_secs.unwrap_or(REQUEST_TIMEOUT_SECS),
             client: OnceCell::new(),
         }
     }
@@ -81,9 +87,9 @@ impl RuntimeApiEngine {
     fn connect(&self) -> Result<Docker, BollardError> {
         let version = bollard::API_DEFAULT_VERSION;
         if self.host.starts_with("tcp://") || self.host.starts_with("http://") {
-            Docker::connect_with_http(&self.host, REQUEST_TIMEOUT_SECS, version)
+            Docker::connect_with_http(&self.host, self.timeout_secs, version)
         } else {
-            Docker::connect_with_unix(&self.host, REQUEST_TIMEOUT_SECS, version)
+            Docker::connect_with_unix(&self.host, self.timeout_secs, version)
         }
     }
 
@@ -354,7 +360,7 @@ impl Engine for RuntimeApiEngine {
     }
 
     async fn image_load(&self, image: &str, archive: ArchiveStream) -> Result<(), EngineError> {
-        let docker = self.client().await?;
+        let docker = self.client().await?.clone().with_timeout(std::time::Duration::from_secs(LOAD_TIMEOUT_SECS));
         let options = ImportImageOptionsBuilder::new().quiet(true).build();
         let mut progress = docker.import_image_stream(options, archive, None);
         let mut loaded = None;
@@ -473,10 +479,10 @@ mod tests {
 
     #[test]
     fn podman_looks_for_short_names_under_localhost() {
-        let podman = RuntimeApiEngine::new("podman", Flavor::Podman, None);
+        let podman = RuntimeApiEngine::new("podman", Flavor::Podman, None, None);
         assert_eq!(podman.candidates("foo/bar:1"), ["foo/bar:1", "localhost/foo/bar:1"]);
         assert_eq!(podman.candidates("quay.io/x:1"), ["quay.io/x:1"]);
-        let docker = RuntimeApiEngine::new("docker", Flavor::Docker, None);
+        let docker = RuntimeApiEngine::new("docker", Flavor::Docker, None, None);
         assert_eq!(docker.candidates("foo/bar:1"), ["foo/bar:1"]);
     }
 }
