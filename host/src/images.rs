@@ -134,14 +134,22 @@ impl Images {
                     let image = image.to_string();
                     // A task of its own: the load runs to its end (and gives the engine's
                     // turn back) even when every caller waiting for it has given up.
+                    let (owner, done_key) = (Arc::clone(self), key.clone());
                     let task = tokio::spawn(async move {
                         let result = this.load_now(engine.as_ref(), &image, &source, checksum.as_deref()).await;
                         this.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
                         result.map_err(Arc::new)
                     });
-                    async move { task.await.unwrap_or_else(|e| Err(Arc::new(ImageError::Aborted(e.to_string())))) }
-                        .boxed()
-                        .shared()
+                    async move {
+                        task.await.unwrap_or_else(|e| {
+                            // The task died (a panic) before forgetting itself: forget it
+                            // here, so the next load of this image starts afresh.
+                            owner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&done_key);
+                            Err(Arc::new(ImageError::Aborted(e.to_string())))
+                        })
+                    }
+                    .boxed()
+                    .shared()
                 })
                 .clone()
         };
