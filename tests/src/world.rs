@@ -220,6 +220,11 @@ impl World {
         self.plugin().action(machine.clone(), command, params).await
     }
 
+    /// The image name a test loads its fixture under: this world's own.
+    pub fn image(&self) -> String {
+        format!("ce-test/{}:1", self.plugin_name)
+    }
+
     /// This world's copy of a fixture archive, as its file server serves it.
     pub fn fixture(&self, name: &str) -> PathBuf {
         self.sim.webroot().join("files/fixtures").join(name)

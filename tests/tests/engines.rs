@@ -48,12 +48,8 @@ behaviour_suite! {
     ]
 }
 
-fn image_name(w: &World) -> String {
-    format!("ce-test/{}:1", w.plugin_name)
-}
-
 async fn agent_follows_the_machine_context(w: &mut World) -> anyhow::Result<()> {
-    let image = image_name(w);
+    let image = w.image();
     w.upload("plain.tar.gz", &image).await?;
     w.sim.put_context(w.context("ctx", &image));
     let uuid = unique("m");
@@ -114,7 +110,7 @@ async fn agent_follows_the_machine_context(w: &mut World) -> anyhow::Result<()> 
 }
 
 async fn image_actions_load_check_and_remove(w: &mut World) -> anyhow::Result<()> {
-    let image = image_name(w);
+    let image = w.image();
     let params = json!({"context/image-name": image});
     expect(w.action("imageExists", params.clone()).await?, 200, json!(false))?;
     w.upload("plain.tar", &image).await?;
@@ -140,7 +136,7 @@ async fn image_actions_load_check_and_remove(w: &mut World) -> anyhow::Result<()
 }
 
 async fn bad_image_input_is_refused_and_plugin_keeps_serving(w: &mut World) -> anyhow::Result<()> {
-    let image = image_name(w);
+    let image = w.image();
     let cases = [
         ("files/../../etc/passwd", 400, "'..'"),
         ("files/fixtures/does-not-exist.tar", 502, "HTTP 404"),
@@ -180,7 +176,7 @@ async fn bad_image_input_is_refused_and_plugin_keeps_serving(w: &mut World) -> a
 }
 
 async fn missing_image_is_loaded_from_the_file_server(w: &mut World) -> anyhow::Result<()> {
-    let image = image_name(w);
+    let image = w.image();
     let dir = w.sim.webroot().join(format!("files/contexts/{}", w.plugin_name));
     let target = dir.join(&image);
     std::fs::create_dir_all(target.parent().context("image path has a parent")?)?;
@@ -202,7 +198,7 @@ async fn own_entrypoint_runs_without_drpcli(w: &mut World) -> anyhow::Result<()>
         .remove("context-engines/drpcli");
     let (code, body) = w.plugin().config(params).await?;
     ensure!(code == 200, "reconfigure: {code} {body}");
-    let image = image_name(w);
+    let image = w.image();
     w.upload("baked.tar", &image).await?;
     w.sim.put_context(w.context("baked", &image));
     let uuid = unique("m");
@@ -228,7 +224,7 @@ async fn checksum_accepts_matching_and_rejects_other_archives(w: &mut World) -> 
     let archive = std::fs::read(w.fixture("plain.tar"))?;
     let good = hex::encode(Sha256::digest(&archive));
     let url = format!("{}/files/fixtures/plain.tar", w.sim.file_url());
-    let image = image_name(w);
+    let image = w.image();
     let mut ctx = w.context("summed", &image);
     ctx["Meta"]["Imagepull"] = json!(url);
     ctx["Meta"]["Checksum"] = json!(format!("sha256:{good}"));
@@ -262,7 +258,7 @@ async fn checksum_accepts_matching_and_rejects_other_archives(w: &mut World) -> 
 }
 
 async fn restart_adopts_agents_and_removes_orphans(w: &mut World) -> anyhow::Result<()> {
-    let image = image_name(w);
+    let image = w.image();
     w.upload("plain.tar", &image).await?;
     w.sim.put_context(w.context("ctx", &image));
     let (kept, orphaned) = (unique("m"), unique("m"));
@@ -290,7 +286,7 @@ async fn restart_adopts_agents_and_removes_orphans(w: &mut World) -> anyhow::Res
 }
 
 async fn missed_events_are_recovered_after_reconnect(w: &mut World) -> anyhow::Result<()> {
-    let image = image_name(w);
+    let image = w.image();
     w.upload("plain.tar", &image).await?;
     w.sim.put_context(w.context("ctx", &image));
     w.sim
@@ -313,7 +309,7 @@ async fn missed_events_are_recovered_after_reconnect(w: &mut World) -> anyhow::R
 }
 
 async fn image_change_replaces_agents(w: &mut World) -> anyhow::Result<()> {
-    let (first, second) = (image_name(w), format!("{}-2", image_name(w)));
+    let (first, second) = (w.image(), format!("{}-2", w.image()));
     w.upload("plain.tar", &first).await?;
     w.upload("baked.tar", &second).await?;
     w.sim.put_context(w.context("ctx", &first));
@@ -338,7 +334,7 @@ async fn image_change_replaces_agents(w: &mut World) -> anyhow::Result<()> {
 }
 
 async fn start_from_a_missing_image_keeps_the_running_agent(w: &mut World) -> anyhow::Result<()> {
-    let image = image_name(w);
+    let image = w.image();
     w.upload("plain.tar", &image).await?;
     w.sim.put_context(w.context("ctx", &image));
     let uuid = unique("m");
@@ -347,7 +343,7 @@ async fn start_from_a_missing_image_keeps_the_running_agent(w: &mut World) -> an
     let before = w.wait_agents(1, SETTLE).await?;
     // An image nobody loaded and the file server does not have: the start fails by
     // name, and the agent that runs is not touched on the way.
-    let missing = format!("{}-missing", image_name(w));
+    let missing = format!("{}-missing", w.image());
     let (code, body) = w
         .machine_action(&machine, "agentStart", json!({"context/name": "ctx", "context/image-name": missing}))
         .await?;
@@ -362,7 +358,7 @@ async fn start_from_a_missing_image_keeps_the_running_agent(w: &mut World) -> an
 }
 
 async fn agent_actions_are_idempotent(w: &mut World) -> anyhow::Result<()> {
-    let image = image_name(w);
+    let image = w.image();
     w.upload("plain.tar", &image).await?;
     w.sim.put_context(w.context("manual", &image));
     // The machine is in the context, as dr-provision has it when it calls agentStart.
@@ -388,7 +384,7 @@ async fn agent_actions_are_idempotent(w: &mut World) -> anyhow::Result<()> {
 
 async fn burst_of_machines_converges(w: &mut World) -> anyhow::Result<()> {
     const N: usize = 24;
-    let image = image_name(w);
+    let image = w.image();
     w.upload("plain.tar", &image).await?;
     w.sim.put_context(w.context("burst", &image));
     let machines: Vec<String> = (0..N).map(|_| unique("m")).collect();

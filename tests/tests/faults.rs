@@ -64,10 +64,6 @@ impl Fault {
         let current = self.w.plugin.as_ref().map(|p| p.stderr_text()).unwrap_or_default();
         format!("{}{current}", self.retired)
     }
-
-    fn image(&self) -> String {
-        format!("ce-test/{}:1", self.w.plugin_name)
-    }
 }
 
 /// Runs one fault scenario in a fresh Docker world, then checks secrets over everything
@@ -239,7 +235,7 @@ async fn wait_exact_and_stable(f: &Fault, want: &BTreeMap<String, String>, timeo
 /// How most scenarios begin: the world's image uploaded, Context `ctx` serving it, and
 /// one machine in it whose agent runs. Returns the image, the machine, and its agent's id.
 async fn one_agent_in_ctx(f: &Fault) -> anyhow::Result<(String, String, BTreeMap<String, String>)> {
-    let image = f.image();
+    let image = f.w.image();
     f.w.upload("plain.tar", &image).await?;
     f.w.sim.put_context(f.w.context("ctx", &image));
     let first = unique("m");
@@ -402,7 +398,7 @@ async fn docker_daemon_restart(f: &mut Fault) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let image = f.image();
+    let image = f.w.image();
     f.w.upload("plain.tar", &image).await?;
     f.w.sim.put_context(f.w.context("ctx", &image));
     let kept: Vec<String> = (0..3).map(|_| unique("k")).collect();
@@ -485,7 +481,7 @@ async fn plugin_killed_mid_burst_restarts_to_one_agent_per_machine() {
 
 async fn killed_mid_burst(f: &mut Fault) -> anyhow::Result<()> {
     const N: usize = 200;
-    let image = f.image();
+    let image = f.w.image();
     f.w.upload("plain.tar", &image).await?;
     f.w.sim.put_context(f.w.context("burst", &image));
     let machines: Vec<String> = (0..N).map(|_| unique("b")).collect();
@@ -556,7 +552,7 @@ async fn api_500s_at_start_are_retried_with_backoff_until_it_recovers() {
 }
 
 async fn api_500_at_start(f: &mut Fault) -> anyhow::Result<()> {
-    let image = f.image();
+    let image = f.w.image();
     f.w.upload("plain.tar", &image).await?;
     f.stop_plugin().await?;
     f.w.sim.put_context(f.w.context("ctx", &image));
@@ -620,7 +616,7 @@ async fn hanging_api_after_a_websocket_drop_times_out_and_recovers() {
 }
 
 async fn api_hang(f: &mut Fault) -> anyhow::Result<()> {
-    let image = f.image();
+    let image = f.w.image();
     f.w.upload("plain.tar", &image).await?;
     f.w.sim.put_context(f.w.context("ctx", &image));
     let (stays, goes) = (unique("s"), unique("g"));
@@ -698,7 +694,7 @@ async fn hostile_socket_requests_get_clear_errors_and_lose_nothing() {
 }
 
 async fn hostile_socket_requests(f: &mut Fault) -> anyhow::Result<()> {
-    let image = f.image();
+    let image = f.w.image();
     f.w.upload("plain.tar", &image).await?;
     f.w.sim.put_context(f.w.context("ctx", &image));
     let good = unique("m");
@@ -872,7 +868,7 @@ async fn hostile_image_paths_and_names_are_refused() {
 }
 
 async fn hostile_image_paths(f: &mut Fault) -> anyhow::Result<()> {
-    let image = f.image();
+    let image = f.w.image();
     let webroot = f.w.sim.webroot();
     // Ways out of the webroot that exist on disk and lead to a real archive outside, so
     // following them would load an image.

@@ -167,7 +167,7 @@ async fn a_stale_socket_file_is_replaced() -> anyhow::Result<()> {
 async fn secrets_never_leave_the_plugin() -> anyhow::Result<()> {
     let mut world = World::new("docker").await?;
     let outcome = async {
-        let image = format!("ce-test/{}:1", world.plugin_name);
+        let image = world.image();
         world.upload("plain.tar", &image).await?;
         world.sim.put_context(world.context("ctx", &image));
         let uuid = ce_tests::world::unique("m");

@@ -58,7 +58,7 @@ async fn with_world(id: &str, body: impl AsyncFnOnce(&mut World) -> anyhow::Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_dropped_into_a_running_plugin_serves_at_once_and_leaves_when_deleted() {
     with_world("docker", async |w| {
-        let image = format!("ce-test/{}:1", w.plugin_name);
+        let image = w.image();
         w.upload("plain.tar", &image).await?;
         let mut params = w.params();
         params["context-engines/engine-config"]["docker-api"] =
