@@ -332,10 +332,7 @@ impl World {
 }
 
 /// Runs one scenario for one engine in a fresh world; a failure names both.
-pub async fn run_scenario<F>(engine: &str, scenario: &str, body: F)
-where
-    F: for<'w> FnOnce(&'w mut World) -> futures_util::future::BoxFuture<'w, anyhow::Result<()>>,
-{
+pub async fn run_scenario(engine: &str, scenario: &str, body: impl AsyncFnOnce(&mut World) -> anyhow::Result<()>) {
     let mut world = match World::new(engine).await {
         Ok(world) => world,
         Err(e) => panic!("engine '{engine}', scenario '{scenario}': setting up: {e:#}"),

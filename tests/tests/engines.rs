@@ -20,9 +20,7 @@ macro_rules! behaviour_suite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
-                    ce_tests::world::run_scenario(stringify!($engine), stringify!($scenario), |w| {
-                        Box::pin(super::$scenario(w))
-                    })
+                    ce_tests::world::run_scenario(stringify!($engine), stringify!($scenario), super::$scenario)
                     .await
                 }
             )*

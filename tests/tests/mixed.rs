@@ -23,7 +23,7 @@ async fn wait_count(host: &str, label: &str, n: usize) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_and_podman_contexts_run_side_by_side() {
-    run_scenario("docker", "docker_and_podman_contexts_run_side_by_side", |w| Box::pin(side_by_side(w))).await
+    run_scenario("docker", "docker_and_podman_contexts_run_side_by_side", side_by_side).await
 }
 
 async fn side_by_side(w: &mut World) -> anyhow::Result<()> {
@@ -67,7 +67,7 @@ async fn side_by_side(w: &mut World) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runtime_that_is_down_fails_precisely_and_others_keep_working() {
-    run_scenario("docker", "a_runtime_that_is_down_fails_precisely_and_others_keep_working", |w| Box::pin(one_runtime_down(w))).await
+    run_scenario("docker", "a_runtime_that_is_down_fails_precisely_and_others_keep_working", one_runtime_down).await
 }
 
 async fn one_runtime_down(w: &mut World) -> anyhow::Result<()> {

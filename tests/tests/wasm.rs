@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use ce_tests::plugin_bin;
-use ce_tests::world::{DOCKER_TCP, World, unique, wasm_engines};
+use ce_tests::world::{DOCKER_TCP, World, run_scenario, unique, wasm_engines};
 use serde_json::{Value, json};
 
 const SETTLE: Duration = Duration::from_secs(60);
@@ -45,19 +45,9 @@ async fn wait_row(w: &World, name: &str, want: impl Fn(Option<&Value>) -> bool) 
     }
 }
 
-async fn with_world(id: &str, body: impl AsyncFnOnce(&mut World) -> anyhow::Result<()>) {
-    let mut w = World::new(id).await.expect("world");
-    let outcome = body(&mut w).await;
-    let tail = w.stderr_tail();
-    w.cleanup().await;
-    if let Err(e) = outcome {
-        panic!("{e:#}\n--- plugin stderr (tail) ---\n{tail}");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_dropped_into_a_running_plugin_serves_at_once_and_leaves_when_deleted() {
-    with_world("docker", async |w| {
+    run_scenario("docker", "an_engine_dropped_into_a_running_plugin_serves_at_once_and_leaves_when_deleted", async |w| {
         let image = w.image();
         w.upload("plain.tar", &image).await?;
         let mut params = w.params();
@@ -95,7 +85,7 @@ async fn an_engine_dropped_into_a_running_plugin_serves_at_once_and_leaves_when_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_engine_file_is_reported_and_changes_nothing_else() {
-    with_world("docker", async |w| {
+    run_scenario("docker", "a_bad_engine_file_is_reported_and_changes_nothing_else", async |w| {
         install(w, "null.wasm", "null")?;
         wait_row(w, "null", |r| r.is_some_and(|r| r["state"] == "ready")).await?;
         let dir = engines_dir(w);
@@ -123,7 +113,7 @@ async fn a_bad_engine_file_is_reported_and_changes_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wasm_engine_named_like_a_native_one_takes_precedence_until_removed() {
-    with_world("docker", async |w| {
+    run_scenario("docker", "a_wasm_engine_named_like_a_native_one_takes_precedence_until_removed", async |w| {
         let native = engine_row(w, "docker").await?.context("docker listed")?;
         ensure!(native["kind"] == "native/docker", "row {native}");
         install(w, "null.wasm", "docker")?;
@@ -140,7 +130,7 @@ async fn a_wasm_engine_named_like_a_native_one_takes_precedence_until_removed() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_engines_are_contained() {
-    with_world("docker", async |w| {
+    run_scenario("docker", "misbehaving_engines_are_contained", async |w| {
         for name in ["null", "spin", "hog", "trap", "slow", "forbidden"] {
             install(w, &format!("{name}.wasm"), name)?;
         }
