@@ -264,27 +264,6 @@ impl RuntimeApiEngine {
         self.error(e)
     }
 
-    /// The name under which the runtime actually has `image`. With one candidate there is
-    /// nothing to choose: the caller's request fails with 404 if the image is missing.
-    async fn resolve_image(&self, image: &str) -> Result<String, EngineError> {
-        let candidates = self.candidates(image);
-        if let [only] = candidates.as_slice() {
-            return Ok(only.clone());
-        }
-        let docker = self.client().await?;
-        for candidate in candidates {
-            match docker.inspect_image(&candidate).await {
-                Ok(_) => return Ok(candidate),
-                Err(e) if Self::is_not_found(&e) => continue,
-                Err(e) => return Err(self.error(e)),
-            }
-        }
-        Err(EngineError::ImageMissing {
-            engine: self.name.clone(),
-            image: image.to_string(),
-        })
-    }
-
     async fn remove(&self, id: &str) -> Result<bool, EngineError> {
         let docker = self.client().await?;
         let options = RemoveContainerOptionsBuilder::new().force(true).build();
@@ -398,17 +377,16 @@ impl Engine for RuntimeApiEngine {
 
     async fn image_remove(&self, image: &str) -> Result<bool, EngineError> {
         let docker = self.client().await?;
-        let name = match self.resolve_image(image).await {
-            Ok(name) => name,
-            Err(EngineError::ImageMissing { .. }) => return Ok(false),
-            Err(e) => return Err(e),
-        };
         let options = RemoveImageOptionsBuilder::new().force(true).build();
-        match docker.remove_image(&name, Some(options), None).await {
-            Ok(_) => Ok(true),
-            Err(e) if Self::is_not_found(&e) => Ok(false),
-            Err(e) => Err(self.error(e)),
+        // The removal is the lookup: the first name the runtime knows goes.
+        for candidate in self.candidates(image) {
+            match docker.remove_image(&candidate, Some(options.clone()), None).await {
+                Ok(_) => return Ok(true),
+                Err(e) if Self::is_not_found(&e) => continue,
+                Err(e) => return Err(self.error(e)),
+            }
         }
+        Ok(false)
     }
 
     async fn agent_start(&self, spec: &AgentSpec) -> Result<AgentInfo, EngineError> {
