@@ -13,7 +13,7 @@ use crate::engine::{Engine, EngineError};
 use crate::images::ImageError;
 use crate::params::{self, ParamError};
 use crate::plugin::Plugin;
-use crate::reconciler::{AgentFailure, Reconciler};
+use crate::controller::reconciler::{AgentFailure, Reconciler};
 use crate::registry::UnknownEngine;
 
 /// The body of `/api-plugin/v4/action`.
@@ -119,7 +119,13 @@ async fn agent_start(
         None => agents::engine_for(&context, &settings.default_engine),
     };
     plugin.registry.get(&engine_name)?;
-    let agent = Agent::new(&machine.uuid, &context, &engine_name)?;
+    // Outside the machine's own Context the agent is manual: the reconciler leaves it be
+    // until agentStop, the machine's deletion, or the Context taking it over.
+    let manual = machine.context != context_name;
+    let agent = Agent {
+        manual,
+        ..Agent::new(&machine.uuid, &context, &engine_name)?
+    };
     let _machine = reconciler.lock_machine(&machine.uuid).await;
     let info = reconciler.start(&agent, &context).await?;
     Ok(json!({
@@ -129,6 +135,7 @@ async fn agent_start(
         "Context": agent.context,
         "Engine": agent.engine,
         "Image": agent.image,
+        "Manual": agent.manual,
     }))
 }
 
@@ -163,6 +170,8 @@ async fn agent_stop(
         engine: engine_name,
         name,
         image: String::new(),
+        manual: false,
+        running: true,
     };
     reconciler.stop(&agent).await?;
     Ok(Value::Bool(true))

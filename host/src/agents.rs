@@ -36,6 +36,19 @@ pub enum AgentError {
     UnknownEngine(#[from] crate::registry::UnknownEngine),
 }
 
+impl AgentError {
+    /// Whether trying again without a change (an event, a reconfigure) cannot help: the
+    /// reconciler parks such a machine instead of retrying it.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            AgentError::BadName { .. } | AgentError::NoImage(_) | AgentError::BadImage { .. } | AgentError::UnknownEngine(_) => true,
+            AgentError::Engine(EngineError::Misconfigured { .. }) => true,
+            AgentError::Image { source, .. } => source.is_permanent(),
+            AgentError::Token(_) | AgentError::Engine(_) => false,
+        }
+    }
+}
+
 /// An agent the plugin runs: which machine, which context, where, from what.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Agent {
@@ -44,6 +57,12 @@ pub struct Agent {
     pub engine: String,
     pub name: String,
     pub image: String,
+    /// Started by the `agentStart` action rather than wanted by the machine's Context:
+    /// kept while its machine exists, until `agentStop` or the Context takes it over.
+    pub manual: bool,
+    /// False for a container that exited: it is removed, under the machine's lock, by
+    /// the next settle.
+    pub running: bool,
 }
 
 impl Agent {
@@ -55,7 +74,15 @@ impl Agent {
             engine: engine.to_string(),
             name: agent_name(&context.name, machine)?,
             image: context.image.clone(),
+            manual: false,
+            running: true,
         })
+    }
+
+    /// The same agent as `other` for the purpose of keeping it: same name, engine,
+    /// context and image; whether either is manual does not matter.
+    pub fn same_as(&self, other: &Agent) -> bool {
+        (&self.name, &self.engine, &self.context, &self.image) == (&other.name, &other.engine, &other.context, &other.image)
     }
 
     /// An agent as found in a runtime, from its labels; `None` for one without them.
@@ -66,6 +93,8 @@ impl Agent {
             engine: found.label(labels::ENGINE)?.to_string(),
             name: found.name.clone(),
             image: found.label(labels::IMAGE).unwrap_or_default().to_string(),
+            manual: found.label(labels::MANUAL) == Some("true"),
+            running: found.running,
         })
     }
 }
@@ -146,7 +175,10 @@ fn spec(plugin: &Plugin, agent: &Agent, token: String) -> AgentSpec {
             (labels::PLUGIN.to_string(), settings.plugin_name.clone()),
             (labels::ENGINE.to_string(), agent.engine.clone()),
             (labels::IMAGE.to_string(), agent.image.clone()),
-        ]),
+        ])
+        .into_iter()
+        .chain(agent.manual.then(|| (labels::MANUAL.to_string(), "true".to_string())))
+        .collect(),
         network: settings.agent_network.clone(),
         drpcli: drpcli_path(plugin),
     }

@@ -23,6 +23,9 @@ pub mod labels {
     /// The image reference the agent was started from, as the Context named it (the
     /// runtime may normalise its own copy, e.g. Podman's `localhost/` prefix).
     pub const IMAGE: &str = "drp.image";
+    /// `true` on an agent started by the `agentStart` action: it outlives settles that
+    /// do not want it (see [`crate::agents::Agent::manual`]).
+    pub const MANUAL: &str = "drp.manual";
 }
 
 /// Everything an engine needs to run one agent. Built by [`crate::agents`].

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::plugin::Plugin;
-use crate::reconciler::Reconciler;
+use crate::controller::reconciler::Reconciler;
 use crate::tls;
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
@@ -100,10 +100,16 @@ async fn session(plugin: &Plugin, reconciler: &Arc<Reconciler>) -> Result<(), St
     // so none is lost and none is applied to state older than itself.
     full_reconcile_until_done(reconciler).await;
     let mut ping = tokio::time::interval(PING_EVERY);
+    // The silence deadline runs from the last frame received (a pong counts) and is not
+    // moved by anything we send, so a peer that vanished without a FIN is noticed.
+    let mut heard = tokio::time::Instant::now();
+    let resync_every = plugin.settings().resync_secs;
+    let mut resync = tokio::time::interval(Duration::from_secs(resync_every.max(1)));
+    resync.reset();
     loop {
         tokio::select! {
-            frame = tokio::time::timeout(SILENCE_LIMIT, ws.next()) => {
-                let frame = frame.map_err(|_| "no frame from dr-provision for too long".to_string())?;
+            frame = ws.next() => {
+                heard = tokio::time::Instant::now();
                 match frame {
                     Some(Ok(Message::Text(text))) => apply(reconciler, text.as_str()),
                     Some(Ok(Message::Close(_))) | None => return Ok(()),
@@ -111,8 +117,15 @@ async fn session(plugin: &Plugin, reconciler: &Arc<Reconciler>) -> Result<(), St
                     Some(Err(e)) => return Err(format!("websocket error: {e}")),
                 }
             }
+            _ = tokio::time::sleep_until(heard + SILENCE_LIMIT) => {
+                return Err(format!("no frame from dr-provision for {}s", SILENCE_LIMIT.as_secs()));
+            }
             _ = ping.tick() => {
                 ws.send(Message::Ping(Default::default())).await.map_err(|e| format!("ping: {e}"))?;
+            }
+            _ = resync.tick(), if resync_every > 0 => {
+                tracing::info!("periodic resync");
+                full_reconcile_until_done(reconciler).await;
             }
             _ = reconciler.resync_requested() => full_reconcile_until_done(reconciler).await,
         }

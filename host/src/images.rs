@@ -45,6 +45,19 @@ pub enum ImageError {
     Aborted(String),
 }
 
+impl ImageError {
+    /// Retrying cannot help until something changes (the Context, the file, the
+    /// params): the next event or resync tries again.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ImageError::BadPath { .. } | ImageError::BadChecksum(_) | ImageError::ChecksumMismatch { .. } => true,
+            ImageError::Engine(EngineError::Misconfigured { .. }) => true,
+            ImageError::Shared(inner) => inner.is_permanent(),
+            ImageError::Download { .. } | ImageError::Read { .. } | ImageError::Engine(_) | ImageError::Aborted(_) => false,
+        }
+    }
+}
+
 /// Where an archive is read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ArchiveSource {

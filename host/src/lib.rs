@@ -16,7 +16,7 @@ pub mod params;
 pub mod plugin;
 pub mod protocol;
 pub mod provider;
-pub mod reconciler;
+pub mod controller;
 pub mod registry;
 pub mod tls;
 pub mod wasm;

@@ -21,6 +21,7 @@ pub const MAX_PARALLEL: &str = "context-engines/max-parallel";
 const MAX_PARALLEL_LIMIT: u64 = 4096;
 pub const WASM_DEADLINE_MS: &str = "context-engines/wasm-deadline-ms";
 pub const WASM_MEMORY_MB: &str = "context-engines/wasm-memory-mb";
+pub const RESYNC_SECS: &str = "context-engines/resync-secs";
 
 /// All plugin params, in the order `define` lists them.
 pub const ALL: &[&str] = &[
@@ -34,6 +35,7 @@ pub const ALL: &[&str] = &[
     MAX_PARALLEL,
     WASM_DEADLINE_MS,
     WASM_MEMORY_MB,
+    RESYNC_SECS,
 ];
 
 // Action params.
@@ -70,6 +72,8 @@ pub struct Settings {
     pub max_parallel: usize,
     pub wasm_deadline_ms: u64,
     pub wasm_memory_mb: u64,
+    /// Seconds between full reconciles while connected; 0 turns them off.
+    pub resync_secs: u64,
 }
 
 impl Settings {
@@ -102,6 +106,7 @@ impl Settings {
             max_parallel: usize::try_from(max_parallel).unwrap_or(usize::MAX),
             wasm_deadline_ms: positive(params, WASM_DEADLINE_MS, 30_000)?,
             wasm_memory_mb: positive(params, WASM_MEMORY_MB, 64)?,
+            resync_secs: whole(params, RESYNC_SECS, 300)?,
         })
     }
 
@@ -153,6 +158,17 @@ fn positive(params: &Map<String, Value>, name: &str, default: u64) -> Result<u64
                 got: v.to_string(),
             }),
         },
+    }
+}
+
+fn whole(params: &Map<String, Value>, name: &str, default: u64) -> Result<u64, ParamError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v.as_u64().ok_or_else(|| ParamError::WrongType {
+            name: name.to_string(),
+            expected: "a whole number (0 or more)",
+            got: v.to_string(),
+        }),
     }
 }
 
@@ -251,6 +267,8 @@ mod tests {
         assert_eq!(s.endpoints, ["https://drp:8092"]);
         assert_eq!(s.agent_network, "host");
         assert_eq!(s.max_parallel, 16);
+        assert_eq!(s.resync_secs, 300);
+        assert_eq!(Settings::from_params(&json!({ RESYNC_SECS: 0 }), &env()).map(|s| s.resync_secs), Ok(0));
         assert_eq!(
             s.engines_dir,
             Some(PathBuf::from("/srv/tftpboot/files/plugin_providers/context-engines/engines"))
@@ -265,6 +283,8 @@ mod tests {
         assert!(err.to_string().contains("docker"), "{err}");
         let err = Settings::from_params(&json!({ ENGINE_CONFIG: {"podman": {REQUEST_TIMEOUT_SECS: 0}} }), &env()).unwrap_err();
         assert!(err.to_string().contains("podman") && err.to_string().contains(REQUEST_TIMEOUT_SECS), "{err}");
+        let err = Settings::from_params(&json!({ RESYNC_SECS: -1 }), &env()).unwrap_err();
+        assert!(err.to_string().contains(RESYNC_SECS), "{err}");
         let err = Settings::from_params(&json!([1]), &env()).unwrap_err();
         assert_eq!(err, ParamError::NotAnObject("a list".to_string()));
     }

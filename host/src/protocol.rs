@@ -24,7 +24,7 @@ use crate::api_error::ApiError;
 use crate::events;
 use crate::params::Settings;
 use crate::plugin::Plugin;
-use crate::reconciler::Reconciler;
+use crate::controller::reconciler::Reconciler;
 use crate::wasm::WasmRuntime;
 use crate::wasm::directory::EngineDirectory;
 

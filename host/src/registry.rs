@@ -101,6 +101,14 @@ impl Registry {
         names
     }
 
+    /// Puts `engine` in place of the native engine of its name: unit tests' in-memory
+    /// engines.
+    #[cfg(test)]
+    pub fn insert_native(&self, engine: Arc<dyn Engine>) {
+        let native = Native { engine: Arc::clone(&engine), settings: Map::new() };
+        self.native.write().unwrap_or_else(|p| p.into_inner()).insert(engine.name().to_string(), native);
+    }
+
     pub fn set_wasm(&self, engines: BTreeMap<String, Arc<WasmEngine>>, broken: BTreeMap<String, String>) {
         *self.wasm.write().unwrap_or_else(|p| p.into_inner()) = engines;
         *self.broken.write().unwrap_or_else(|p| p.into_inner()) = broken;

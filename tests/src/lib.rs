@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod plugin;
 pub mod sim;
+pub mod stall_proxy;
 pub mod world;
 
 pub use plugin::{Plugin, plugin_bin};

@@ -81,6 +81,8 @@ struct Inner {
     fault: watch::Sender<ApiFault>,
     /// Bumped by `drop_websockets`; every open ws session watches it.
     ws_generation: watch::Sender<u64>,
+    /// Bumped by `freeze_websockets`: open sessions go silent without closing.
+    ws_freezes: watch::Sender<u64>,
     refuse_ws: AtomicBool,
     token: String,
     api_addr: SocketAddr,
@@ -177,6 +179,7 @@ impl Sim {
             state: Mutex::new(State::default()),
             fault: watch::Sender::new(ApiFault::None),
             ws_generation: watch::Sender::new(0),
+            ws_freezes: watch::Sender::new(0),
             refuse_ws: AtomicBool::new(false),
             token: random_hex(32),
             api_addr: api.local_addr()?,
@@ -313,6 +316,14 @@ impl Sim {
         // this call must never reach a session that has not yet noticed the drop.
         self.inner.state().subscribers.clear();
         self.inner.ws_generation.send_modify(|g| *g += 1);
+    }
+
+    /// Every open websocket session stops reading and sending, pongs included, and
+    /// keeps its TCP connection open: a dr-provision that vanished without a FIN (a
+    /// paused VM, a dropped NAT entry). Later connections are served as usual.
+    pub fn freeze_websockets(&self) {
+        self.inner.state().subscribers.clear();
+        self.inner.ws_freezes.send_modify(|g| *g += 1);
     }
 
     pub fn refuse_websockets(&self, refuse: bool) {
@@ -845,6 +856,7 @@ where
 {
     let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
     let mut drops = inner.ws_generation.subscribe();
+    let mut freezes = inner.ws_freezes.subscribe();
     let (tx, mut events) = mpsc::unbounded_channel();
     {
         let mut st = inner.state();
@@ -859,6 +871,11 @@ where
             biased;
             _ = cancel.cancelled() => break,
             _ = drops.changed() => break,
+            _ = freezes.changed() => {
+                // Hold the connection, answering nothing, until the sim ends.
+                cancel.cancelled().await;
+                break;
+            }
             out = events.recv() => {
                 let frame = match out {
                     None => break,

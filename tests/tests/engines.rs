@@ -43,6 +43,8 @@ behaviour_suite! {
         start_from_a_missing_image_keeps_the_running_agent,
         agent_actions_are_idempotent,
         burst_of_machines_converges,
+        manual_agent_survives_its_machines_events,
+        a_name_held_by_another_plugin_is_left_alone,
     ]
 }
 
@@ -399,6 +401,90 @@ async fn burst_of_machines_converges(w: &mut World) -> anyhow::Result<()> {
     let failures: Vec<Value> = w.sim.published().into_iter().filter(|e| e["Action"] == "agent-failed").collect();
     ensure!(failures.is_empty(), "failures during the burst: {failures:?}");
     Ok(())
+}
+
+/// agentStart outside the machine's own Context (trying an image, as the Context docs
+/// suggest): the agent is manual and survives the settles its machine's own events
+/// cause, is shown as manual, and goes with agentStop or the machine's deletion.
+async fn manual_agent_survives_its_machines_events(w: &mut World) -> anyhow::Result<()> {
+    let image = w.image();
+    w.upload("plain.tar", &image).await?;
+    w.sim.put_context(w.context("try", &image));
+    let uuid = unique("m");
+    let machine = World::machine(&uuid, "");
+    w.sim.put_machine(machine.clone());
+    let params = json!({"context/name": "try", "context/image-name": image});
+    let (code, started) = w.machine_action(&machine, "agentStart", params.clone()).await?;
+    ensure!(code == 200 && started["Manual"] == json!(true), "agentStart: {code} {started}");
+    // The create event, then updates dr-provision makes while a workflow runs.
+    for _ in 0..3 {
+        w.sim.put_machine(machine.clone());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let agents = w.wait_agents(1, SETTLE).await?;
+    ensure!(agents[0].id.as_deref() == started["Id"].as_str(), "the manual agent was replaced: {started} vs {:?}", agents[0].id);
+    let (code, again) = w.machine_action(&machine, "agentStart", params.clone()).await?;
+    ensure!(code == 200 && again["Id"] == started["Id"], "a second agentStart made another agent: {started} vs {again}");
+    let (code, status) = w.action("agentStatus", json!({})).await?;
+    let shown = status["agents"].as_array().into_iter().flatten().find(|a| a["machine"] == uuid.as_str()).cloned();
+    ensure!(code == 200 && shown.as_ref().is_some_and(|a| a["manual"] == json!(true)), "agentStatus should show it manual: {status}");
+    expect(w.machine_action(&machine, "agentStop", json!({"context/name": "try"})).await?, 200, json!(true))?;
+    w.wait_agents(0, SETTLE).await?;
+
+    // Started again, it goes with its machine.
+    let (code, body) = w.machine_action(&machine, "agentStart", params).await?;
+    ensure!(code == 200, "agentStart: {code} {body}");
+    w.wait_agents(1, SETTLE).await?;
+    w.sim.delete_machine(&uuid);
+    w.wait_agents(0, SETTLE).await?;
+    Ok(())
+}
+
+/// A container holding an agent's name that belongs to another plugin instance is never
+/// removed: the start fails with an Error naming the owner, and the container stays.
+async fn a_name_held_by_another_plugin_is_left_alone(w: &mut World) -> anyhow::Result<()> {
+    let image = w.image();
+    w.upload("plain.tar", &image).await?;
+    let uuid = unique("m");
+    let name = format!("drp-ctx-{uuid}");
+    let owner = format!("{}-other", w.plugin_name);
+    let labels = std::collections::HashMap::from([("drp.plugin".to_string(), owner.clone())]);
+    let mut created = None;
+    for candidate in [image.clone(), format!("localhost/{image}")] {
+        let body = bollard::models::ContainerCreateBody {
+            image: Some(candidate),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        };
+        let options = bollard::query_parameters::CreateContainerOptionsBuilder::new().name(&name).build();
+        if let Ok(c) = w.runtime.create_container(Some(options), body).await {
+            created = Some(c.id);
+            break;
+        }
+    }
+    let foreign = created.context("creating the other plugin's container")?;
+    let outcome = async {
+        w.sim.put_context(w.context("ctx", &image));
+        w.sim.put_machine(World::machine(&uuid, "ctx"));
+        let failed = w
+            .sim
+            .wait_for("an agent-failed event", SETTLE, || {
+                w.sim.published().into_iter().find(|e| e["Action"] == "agent-failed" && e["Object"]["Machine"] == uuid.as_str())
+            })
+            .await?;
+        let error = failed["Object"]["Error"].as_str().unwrap_or_default().to_string();
+        ensure!(error.contains(&owner) && error.contains(&name), "the error should name the owner and the name: {failed}");
+        let (_, status) = w.action("agentStatus", json!({})).await?;
+        let failing = status["failing"].as_array().into_iter().flatten().find(|f| f["machine"] == uuid.as_str()).cloned();
+        ensure!(failing.is_some_and(|f| f["error"].as_str().is_some_and(|e| e.contains(&owner))), "agentStatus: {status}");
+        let still = w.runtime.inspect_container(&name, None).await.context("the other plugin's container was removed")?;
+        ensure!(still.id.as_deref() == Some(foreign.as_str()), "the container holding the name changed");
+        Ok(())
+    }
+    .await;
+    let options = bollard::query_parameters::RemoveContainerOptionsBuilder::new().force(true).build();
+    let _ = w.runtime.remove_container(&foreign, Some(options)).await;
+    outcome
 }
 
 fn expect(got: (u16, Value), code: u16, body: Value) -> anyhow::Result<()> {

@@ -1194,3 +1194,79 @@ async fn hanging_runtime(f: &mut Fault) -> anyhow::Result<()> {
     ensure!(problems.is_empty(), "{}", problems.join("\n"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_websocket_is_replaced_within_the_silence_limit() {
+    run_fault("a websocket whose peer stops answering", |f| Box::pin(silent_websocket(f))).await
+}
+
+/// dr-provision vanishes without a FIN: its websocket stops sending and answering pings
+/// but stays open. The plugin notices within its 65 s silence limit (pings it sends do
+/// not count as hearing anything), reconnects, relists, and serves events again.
+async fn silent_websocket(f: &mut Fault) -> anyhow::Result<()> {
+    const LIMIT: Duration = Duration::from_secs(65 + 15);
+    let (_, first, mut want) = one_agent_in_ctx(f).await?;
+    let connects = f.w.sim.ws_connects();
+    let frozen = Instant::now();
+    f.w.sim.freeze_websockets();
+    f.w.sim.wait_for("a new websocket connection", LIMIT, || (f.w.sim.ws_connects() > connects).then_some(())).await?;
+    let took = frozen.elapsed();
+    ensure!(took >= Duration::from_secs(40), "reconnected after {took:?}: sooner than any silence limit, so for another reason");
+    println!("silent websocket replaced after {took:?}");
+    let second = unique("m");
+    f.w.sim.put_machine(World::machine(&second, "ctx"));
+    want.insert(second, "ctx".to_string());
+    ensure!(want.contains_key(&first));
+    wait_exact_and_stable(f, &want.keys().map(|m| (m.clone(), "ctx".to_string())).collect(), SETTLE).await?;
+    wait_log(f, &["no frame from dr-provision for 65s"], Duration::from_secs(5)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_whose_listing_hangs_delays_only_its_own_machines() {
+    run_fault("a runtime whose container listing hangs", |f| Box::pin(hanging_listing(f))).await
+}
+
+/// Behind the `podman` engine, a proxy to dockerd that answers everything but, from some
+/// point on, never answers `GET /containers/json` ("docker ps hangs"). After a
+/// reconnect, whose relist asks every engine, the other engine's machines and every
+/// event keep flowing; the hung listing ends at the engine's request timeout, reported
+/// by name; machines of the hung engine still settle.
+async fn hanging_listing(f: &mut Fault) -> anyhow::Result<()> {
+    const TIMEOUT_SECS: u64 = 20;
+    let proxy = ce_tests::stall_proxy::StallProxy::start(&f.w.sim.scratch().join("stall.sock"), docker_sock_path())?;
+    let mut params = f.w.params();
+    params["context-engines/engine-config"]["podman"] = json!({"host": proxy.host(), "request-timeout-secs": TIMEOUT_SECS});
+    let (code, body) = f.w.plugin().config(params).await?;
+    ensure!(code == 200, "config: {code} {body}");
+    let (image, first, _) = one_agent_in_ctx(f).await?;
+    let mut slow = f.w.context("slow", &image);
+    slow["Meta"]["context-engine"] = json!("podman");
+    f.w.sim.put_context(slow);
+    let behind = unique("p");
+    f.w.sim.put_machine(World::machine(&behind, "slow"));
+    let mut want = in_context(&[first.clone()], "ctx");
+    want.insert(behind.clone(), "slow".to_string());
+    wait_exact(f, &want, SETTLE).await?;
+
+    proxy.set_stall(true);
+    f.w.sim.drop_websockets();
+    f.w.sim.wait_for("a stalled listing", SETTLE, || (proxy.stalled() > 0).then_some(())).await?;
+    let stalled_at = Instant::now();
+    // Events flow while the listing hangs: a new docker machine gets its agent, and the
+    // podman machine leaving its Context loses its agent.
+    let second = unique("m");
+    f.w.sim.put_machine(World::machine(&second, "ctx"));
+    f.w.sim.put_machine(World::machine(&behind, ""));
+    want.insert(second.clone(), "ctx".to_string());
+    want.remove(&behind);
+    wait_exact(f, &want, Duration::from_secs(TIMEOUT_SECS / 2)).await.context("while the podman listing hangs")?;
+    ensure!(stalled_at.elapsed() < Duration::from_secs(TIMEOUT_SECS), "converged only after the listing timed out");
+    wait_log(f, &["cannot list agents of engine 'podman'"], Duration::from_secs(TIMEOUT_SECS + 20)).await?;
+    proxy.set_stall(false);
+    let third = unique("p");
+    f.w.sim.put_machine(World::machine(&third, "slow"));
+    want.insert(third, "slow".to_string());
+    wait_exact_and_stable(f, &want, SETTLE).await?;
+    still_serving(f).await
+}

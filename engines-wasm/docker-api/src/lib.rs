@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use context_engines_sdk::http::{HttpError, Method, Request, Response};
 use context_engines_sdk::{
-    self as sdk, AgentInfo, AgentSpec, Archive, Engine, EngineError, EngineInfo, IMAGE_LABEL,
+    self as sdk, AgentInfo, AgentSpec, Archive, Engine, EngineError, EngineInfo, IMAGE_LABEL, PLUGIN_LABEL,
     Result, Settings,
 };
 
@@ -296,6 +296,15 @@ impl Engine for DockerApi {
             )));
         };
         if let Some(existing) = self.inspect_agent(&spec.name)? {
+            // Two plugin instances never touch each other's agents, nor anything else
+            // that happens to hold the name.
+            let owner = existing.label(PLUGIN_LABEL);
+            if owner != spec.label(PLUGIN_LABEL) {
+                return Err(EngineError::Rejected(match owner {
+                    Some(owner) => format!("container name '{}' is held by an agent of plugin '{owner}', which is left alone", spec.name),
+                    None => format!("container name '{}' is held by a container no plugin owns (no drp.plugin label), which is left alone", spec.name),
+                }));
+            }
             if existing.running && existing.label(IMAGE_LABEL) == Some(spec.image.as_str()) {
                 return Ok(existing);
             }

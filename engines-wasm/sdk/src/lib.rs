@@ -227,6 +227,9 @@ pub const DRPCLI_ENTRYPOINT: [&str; 3] = [DRPCLI_IN_AGENT, "machines", "processj
 pub const DEFAULT_PATH: &str = "/bin:/usr/bin:/usr/local/bin:/sbin:/usr/sbin:/usr/local/sbin";
 /// The label carrying the image an agent was started from.
 pub const IMAGE_LABEL: &str = "drp.image";
+/// The label naming the plugin instance an agent belongs to; an engine never removes a
+/// container whose value differs from its spec's.
+pub const PLUGIN_LABEL: &str = "drp.plugin";
 
 impl AgentSpec {
     /// The value of label `key`, if the spec has it.
@@ -323,7 +326,8 @@ pub trait Engine: Sized + 'static {
 
     /// Starts the agent. An agent of that name that already runs from the same image
     /// (label [`IMAGE_LABEL`]) is left as it is and returned; one that is stopped or from
-    /// another image is replaced.
+    /// another image is replaced. One whose [`PLUGIN_LABEL`] differs from the spec's is
+    /// not ours: fail with [`EngineError::Rejected`] and leave it alone.
     fn agent_start(&mut self, spec: AgentSpec) -> Result<AgentInfo>;
 
     /// Stops and removes the agent: `true` when one existed, `false` when none did.

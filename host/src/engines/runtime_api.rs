@@ -209,6 +209,15 @@ impl RuntimeApiEngine {
                 let Some((info, _)) = self.inspect_agent(&spec.name).await? else {
                     return Err(self.create_error(e, spec));
                 };
+                // Two plugin instances never touch each other's agents, nor anything else
+                // that happens to hold the name.
+                let ours = spec.labels.get(crate::engine::labels::PLUGIN).map(String::as_str);
+                if info.label(crate::engine::labels::PLUGIN) != ours {
+                    return Err(EngineError::Rejected {
+                        engine: self.name.clone(),
+                        cause: name_taken(&spec.name, info.label(crate::engine::labels::PLUGIN)),
+                    });
+                }
                 if info.running && info.label(crate::engine::labels::IMAGE) == Some(spec.image.as_str()) {
                     return Ok(info);
                 }
@@ -276,6 +285,14 @@ impl RuntimeApiEngine {
             }) => Ok(true),
             Err(e) => Err(self.error(e)),
         }
+    }
+}
+
+/// Why a start cannot take a name another owner's container holds.
+pub fn name_taken(name: &str, owner: Option<&str>) -> String {
+    match owner {
+        Some(owner) => format!("container name '{name}' is held by an agent of plugin '{owner}', which is left alone"),
+        None => format!("container name '{name}' is held by a container no plugin owns (no drp.plugin label), which is left alone"),
     }
 }
 
@@ -407,8 +424,14 @@ impl Engine for RuntimeApiEngine {
 
     async fn agent_list(&self, labels: &[(&str, &str)]) -> Result<Vec<AgentInfo>, EngineError> {
         let docker = self.client().await?;
-        let found = container_list::list(&self.host, &docker.client_version().to_string(), labels)
+        // The listing has its own client (see container_list), so it gets the same bound
+        // as every other request here: a runtime that never answers `docker ps` fails the
+        // listing instead of holding it.
+        let version = docker.client_version().to_string();
+        let listing = container_list::list(&self.host, &version, labels);
+        let found = tokio::time::timeout(std::time::Duration::from_secs(self.timeout_secs), listing)
             .await
+            .unwrap_or_else(|_| Err(format!("listing containers: no answer within {}s", self.timeout_secs)))
             .map_err(|cause| EngineError::Failed {
                 engine: self.name.clone(),
                 cause,

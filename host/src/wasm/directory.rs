@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use super::engine::WasmEngine;
 use super::runtime::WasmRuntime;
 use crate::plugin::Plugin;
-use crate::reconciler::Reconciler;
+use crate::controller::reconciler::Reconciler;
 
 const SCAN_EVERY: Duration = Duration::from_secs(1);
 

@@ -14,7 +14,7 @@ use context_engines::environment::Environment;
 use context_engines::events::Event;
 use context_engines::params::Settings;
 use context_engines::plugin::Plugin;
-use context_engines::reconciler::Reconciler;
+use context_engines::controller::reconciler::Reconciler;
 use serde_json::{Value, json};
 
 use super::{Config, Figure, Goal, median, percentile};

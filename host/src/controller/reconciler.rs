@@ -1,0 +1,863 @@
+//! Where agents are reconciled: the desired state (machines in our Contexts) against the
+//! actual state (agents the engines run, found by label), one machine at a time.
+//!
+//! Work is per machine and goes through one [`Queue`]: an event marks its machine; a
+//! machine already being settled is settled once more afterwards with the newest state,
+//! so ten quick updates cost at most two decisions. Different machines proceed in
+//! parallel up to `max-parallel`. A failed settle is retried with backoff by the queue's
+//! one timer; one that cannot succeed as things stand is parked until the machine's next
+//! event or resync. Actions on a machine take the same per-machine lock, so an action and
+//! the reconciler never race on one machine.
+//!
+//! What runs is relearned by listing each engine (at connect, on resync, on request).
+//! Listings run beside the event stream, one task per engine under a time bound, so an
+//! engine that hangs delays only its own machines. A listing is merged, never pasted: a
+//! machine whose agents were recorded after the listing began keeps what was recorded.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::time::Instant;
+
+use super::queue::{Outcome, Queue};
+use crate::agents::{self, Agent, AgentError};
+use crate::drp::{Context, Machine};
+use crate::engine::{AgentInfo, Engine, labels};
+use crate::events::Event;
+use crate::plugin::Plugin;
+
+/// Longest wait for one engine's listing. Native engines bound each request by their own
+/// `request-timeout-secs` and WASM engines by their call deadline; this is the bound for
+/// an engine that does neither.
+const LIST_BOUND: Duration = Duration::from_secs(150);
+
+/// A start or stop that failed, saying which agent on which engine.
+#[derive(Debug, thiserror::Error)]
+#[error("{doing} agent {agent} on engine '{engine}': {source}")]
+pub struct AgentFailure {
+    doing: &'static str,
+    agent: String,
+    engine: String,
+    #[source]
+    pub source: AgentError,
+}
+
+impl AgentFailure {
+    fn new(doing: &'static str, agent: &Agent, source: AgentError) -> AgentFailure {
+        AgentFailure {
+            doing,
+            agent: agent.name.clone(),
+            engine: agent.engine.clone(),
+            source,
+        }
+    }
+}
+
+/// The outcome of comparing one machine's desired and actual agents.
+#[derive(Debug, Default, PartialEq)]
+pub struct Decision {
+    pub stop: Vec<Agent>,
+    pub start: Option<(Agent, Context)>,
+    /// A manual agent that is now the one its machine's Context wants.
+    pub adopt: Option<Agent>,
+}
+
+struct State {
+    machines: HashMap<String, Machine>,
+    contexts: HashMap<String, Context>,
+    /// Agents believed to exist, by machine: merged from listings, kept current by our
+    /// own starts and stops in between.
+    actual: HashMap<String, Vec<Agent>>,
+    /// When each machine's agents were last recorded, on `clock`; a listing that began
+    /// before that says nothing new about the machine.
+    recorded: HashMap<String, u64>,
+    clock: u64,
+    queue: Queue,
+    /// Engines being listed now; true asks for one more listing when it ends.
+    listing: HashMap<String, bool>,
+}
+
+pub struct Reconciler {
+    plugin: Arc<Plugin>,
+    state: Mutex<State>,
+    machine_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    permits: Mutex<Arc<Semaphore>>,
+    /// Number of machines with work queued or under way; 0 means converged.
+    busy: watch::Sender<usize>,
+    /// Full reconciles asked for outside the event stream. The stream runs them between
+    /// two frames, so a listing of dr-provision never overwrites an event applied after
+    /// it was taken.
+    resync: Notify,
+    /// Wakes the retry timer when the queue's next due time may have moved earlier.
+    retry_changed: Notify,
+    retry_timer: AtomicBool,
+}
+
+impl Reconciler {
+    pub fn new(plugin: Arc<Plugin>) -> Arc<Reconciler> {
+        let permits = Arc::new(Semaphore::new(plugin.settings().max_parallel));
+        Arc::new(Reconciler {
+            plugin,
+            state: Mutex::new(State {
+                machines: HashMap::new(),
+                contexts: HashMap::new(),
+                actual: HashMap::new(),
+                recorded: HashMap::new(),
+                clock: 0,
+                queue: Queue::new(Instant::now()),
+                listing: HashMap::new(),
+            }),
+            machine_locks: Mutex::new(HashMap::new()),
+            permits: Mutex::new(permits),
+            busy: watch::channel(0).0,
+            resync: Notify::new(),
+            retry_changed: Notify::new(),
+            retry_timer: AtomicBool::new(false),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_max_parallel(&self, n: usize) {
+        *self.permits.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(Semaphore::new(n));
+    }
+
+    /// Asks the event stream for a full reconcile (after a reconfigure, or an event it
+    /// could not read).
+    pub fn request_resync(&self) {
+        self.resync.notify_one();
+    }
+
+    pub async fn resync_requested(&self) {
+        self.resync.notified().await;
+    }
+
+    /// Relearns everything: dr-provision's machines and contexts now, then every
+    /// engine's agents in the background. Run at start, after every reconnect (events
+    /// may have been missed) and on resync. Only the event stream calls this, so
+    /// dr-provision's listing and its events are applied in the order they happened.
+    pub async fn full(self: &Arc<Self>) -> Result<(), String> {
+        let machines = self.plugin.drp.machines().await.map_err(|e| e.to_string())?;
+        let contexts = self.plugin.drp.contexts().await.map_err(|e| e.to_string())?;
+        let engines = self.plugin.registry.all();
+        let unlisted: Vec<String> = {
+            let mut state = self.state();
+            state.machines = machines.into_iter().map(|m| (m.uuid.clone(), m)).collect();
+            state.contexts = contexts.into_iter().map(|c| (c.name.clone(), c)).collect();
+            let listed: BTreeSet<&str> = engines.iter().map(|e| e.name()).collect();
+            // Machines no engine listing will settle: none wanted, or an unknown engine
+            // (which settling reports).
+            let uuids: Vec<String> = state.machines.keys().cloned().collect();
+            uuids
+                .into_iter()
+                .filter(|uuid| !self.wanted_engine(&state, uuid).is_some_and(|e| listed.contains(e.as_str())))
+                .collect()
+        };
+        tracing::info!(machines = self.state().machines.len(), engines = engines.len(), "full reconcile");
+        for uuid in unlisted {
+            self.mark(uuid);
+        }
+        for engine in engines {
+            self.relist(engine);
+        }
+        Ok(())
+    }
+
+    /// Lists `engine`'s agents in a task of its own and merges what it finds; a listing
+    /// already under way for it is followed by one more.
+    fn relist(self: &Arc<Self>, engine: Arc<dyn Engine>) {
+        {
+            let mut state = self.state();
+            if let Some(again) = state.listing.get_mut(engine.name()) {
+                *again = true;
+                return;
+            }
+            state.listing.insert(engine.name().to_string(), false);
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                this.list_and_merge(&engine).await;
+                let mut state = this.state();
+                match state.listing.get_mut(engine.name()) {
+                    Some(again) if *again => *again = false,
+                    _ => {
+                        state.listing.remove(engine.name());
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    async fn list_and_merge(self: &Arc<Self>, engine: &Arc<dyn Engine>) {
+        let plugin_name = self.plugin.settings().plugin_name.clone();
+        let since = self.state().clock;
+        let filter = [(labels::PLUGIN, plugin_name.as_str()), (labels::ENGINE, engine.name())];
+        let listed = match tokio::time::timeout(LIST_BOUND, engine.agent_list(&filter)).await {
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("listing did not finish within {}s", LIST_BOUND.as_secs())),
+        };
+        let touched = match listed {
+            Ok(found) => self.merge(engine.name(), since, &found),
+            Err(error) => {
+                // Keep what we believed about an engine we could not ask, and settle its
+                // machines anyway: each reports the runtime's own error.
+                let state = self.state();
+                if self.engines_in_use(&state).contains(engine.name()) {
+                    tracing::warn!("cannot list agents of engine '{}', which a context uses: {error}", engine.name());
+                } else {
+                    tracing::debug!("engine '{}' not listed (no context uses it): {error}", engine.name());
+                }
+                self.machines_of_engine(&state, engine.name())
+            }
+        };
+        for uuid in touched {
+            self.mark(uuid);
+        }
+    }
+
+    /// Folds one engine's listing, begun at `since`, into the actual state; returns the
+    /// machines to settle: those that have or want an agent on this engine.
+    fn merge(&self, engine: &str, since: u64, found: &[AgentInfo]) -> BTreeSet<String> {
+        let mut listed: HashMap<String, Vec<Agent>> = HashMap::new();
+        for agent in found.iter().filter_map(Agent::from_labels).filter(|a| a.engine == engine) {
+            listed.entry(agent.machine.clone()).or_default().push(agent);
+        }
+        let mut state = self.state();
+        let mut touched = self.machines_of_engine(&state, engine);
+        touched.extend(listed.keys().cloned());
+        for uuid in &touched {
+            if state.recorded.get(uuid).is_some_and(|at| *at > since) {
+                continue;
+            }
+            let mut agents: Vec<Agent> = state.actual.remove(uuid).unwrap_or_default();
+            agents.retain(|a| a.engine != engine);
+            agents.extend(listed.remove(uuid).unwrap_or_default());
+            if !agents.is_empty() {
+                state.actual.insert(uuid.clone(), agents);
+            }
+        }
+        touched
+    }
+
+    /// Machines that want an agent on `engine` or are believed to have one there.
+    fn machines_of_engine(&self, state: &State, engine: &str) -> BTreeSet<String> {
+        let wanting = state.machines.keys().filter(|uuid| self.wanted_engine(state, uuid).as_deref() == Some(engine));
+        let having = state
+            .actual
+            .iter()
+            .filter(|(_, agents)| agents.iter().any(|a| a.engine == engine))
+            .map(|(uuid, _)| uuid);
+        wanting.chain(having).cloned().collect()
+    }
+
+    /// The engine `uuid`'s Context asks for, if that Context is ours.
+    fn wanted_engine(&self, state: &State, uuid: &str) -> Option<String> {
+        let settings = self.plugin.settings();
+        let context = state.contexts.get(&state.machines.get(uuid)?.context)?;
+        (context.engine == settings.plugin_name).then(|| agents::engine_for(context, &settings.default_engine))
+    }
+
+    fn engines_in_use(&self, state: &State) -> BTreeSet<String> {
+        let settings = self.plugin.settings();
+        state
+            .contexts
+            .values()
+            .filter(|c| c.engine == settings.plugin_name)
+            .map(|c| agents::engine_for(c, &settings.default_engine))
+            .collect()
+    }
+
+    /// Applies one event from dr-provision's bus and queues the machines it touches.
+    pub fn on_event(self: &Arc<Self>, event: &Event) -> Result<(), String> {
+        for uuid in self.apply(event)? {
+            self.mark(uuid);
+        }
+        Ok(())
+    }
+
+    /// Updates the cached machines/contexts from one event; returns the machines whose
+    /// desired state may have changed. No I/O.
+    pub fn apply(&self, event: &Event) -> Result<BTreeSet<String>, String> {
+        match (event.kind.as_str(), event.action.as_str()) {
+            ("machines", "delete") => {
+                self.state().machines.remove(&event.key);
+                Ok(BTreeSet::from([event.key.clone()]))
+            }
+            ("machines", _) => {
+                let machine: Machine = event.object()?;
+                let uuid = if machine.uuid.is_empty() { event.key.clone() } else { machine.uuid.clone() };
+                self.state().machines.insert(uuid.clone(), Machine { uuid: uuid.clone(), ..machine });
+                Ok(BTreeSet::from([uuid]))
+            }
+            ("contexts", action) => {
+                let name = event.key.clone();
+                if action == "delete" {
+                    self.state().contexts.remove(&name);
+                } else {
+                    let context: Context = event.object()?;
+                    self.state().contexts.insert(name.clone(), Context { name: name.clone(), ..context });
+                }
+                Ok(self.machines_touching(&name))
+            }
+            _ => Ok(BTreeSet::new()),
+        }
+    }
+
+    fn machines_touching(&self, context: &str) -> BTreeSet<String> {
+        let state = self.state();
+        let in_context = state.machines.values().filter(|m| m.context == context).map(|m| m.uuid.clone());
+        let with_agents = state
+            .actual
+            .iter()
+            .filter(|(_, agents)| agents.iter().any(|a| a.context == context))
+            .map(|(uuid, _)| uuid.clone());
+        in_context.chain(with_agents).collect()
+    }
+
+    /// Queues `uuid` for settling; coalesces with work already queued or under way.
+    pub fn mark(self: &Arc<Self>, uuid: String) {
+        if !self.state().queue.add(&uuid) {
+            return;
+        }
+        self.busy.send_modify(|n| *n += 1);
+        self.start_retry_timer();
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.work_on(uuid).await });
+    }
+
+    async fn work_on(self: Arc<Self>, uuid: String) {
+        loop {
+            let permits = Arc::clone(&self.permits.lock().unwrap_or_else(|p| p.into_inner()));
+            let permit = permits.acquire_owned().await;
+            let outcome = match self.settle(&uuid).await {
+                Ok(()) => Outcome::Done,
+                Err((failure, permanent)) => {
+                    let attempts = self.state().queue.failures().get(&uuid).map_or(0, |f| f.attempts) + 1;
+                    let next = if permanent { "parked until the machine changes" } else { "retrying with backoff" };
+                    tracing::warn!("machine {uuid}: {failure} (attempt {attempts}; {next})");
+                    Outcome::Failed { error: failure, permanent }
+                }
+            };
+            drop(permit);
+            let again = self.state().queue.done(&uuid, outcome, Instant::now());
+            self.retry_changed.notify_one();
+            if !again {
+                break;
+            }
+        }
+        self.busy.send_modify(|n| *n = n.saturating_sub(1));
+    }
+
+    /// The one timer behind every retry: sleeps until the queue's next due time and
+    /// marks what is due. Holds the reconciler weakly, so it ends with it.
+    fn start_retry_timer(self: &Arc<Self>) {
+        if self.retry_timer.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let this: Weak<Reconciler> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(r) = this.upgrade() else { return };
+                let next = r.state().queue.next_due();
+                let changed = r.retry_changed.notified();
+                let wake = async {
+                    match next {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                // Not holding `r` while asleep would be tidier, but the Notify lives in it.
+                tokio::select! {
+                    _ = wake => {}
+                    _ = changed => continue,
+                }
+                let due = r.state().queue.due(Instant::now());
+                for uuid in due {
+                    r.mark(uuid);
+                }
+            }
+        });
+    }
+
+    /// Resolves when no machine has work queued or under way.
+    pub async fn idle(&self) {
+        let mut busy = self.busy.subscribe();
+        let _ = busy.wait_for(|n| *n == 0).await;
+    }
+
+    pub async fn lock_machine(&self, uuid: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.machine_locks.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(locks.entry(uuid.to_string()).or_default())
+        };
+        lock.lock_owned().await
+    }
+
+    /// What should run for `uuid`: `None`, or one agent in its Context.
+    fn desired(&self, uuid: &str) -> Result<Option<(Agent, Context)>, AgentError> {
+        let settings = self.plugin.settings();
+        let state = self.state();
+        let Some(machine) = state.machines.get(uuid) else { return Ok(None) };
+        let Some(context) = state.contexts.get(&machine.context) else { return Ok(None) };
+        if context.engine != settings.plugin_name {
+            return Ok(None);
+        }
+        let engine = agents::engine_for(context, &settings.default_engine);
+        Ok(Some((Agent::new(uuid, context, &engine)?, context.clone())))
+    }
+
+    /// What to do for one machine, from the cached desired and actual state. No I/O.
+    ///
+    /// A running agent that is the wanted one is kept (a manual one is adopted as it).
+    /// A manual agent is kept while its machine exists, unless the machine's Context is
+    /// now the agent's own Context, whose wanted agent replaces it. Everything else,
+    /// dead containers included, is stopped.
+    pub fn decide(&self, uuid: &str) -> Result<Decision, AgentError> {
+        let desired = self.desired(uuid)?;
+        let (actual, machine_exists) = {
+            let state = self.state();
+            (state.actual.get(uuid).cloned().unwrap_or_default(), state.machines.contains_key(uuid))
+        };
+        let mut decision = Decision::default();
+        let mut keep = false;
+        for agent in actual {
+            let wanted = desired.as_ref().map(|(want, _)| want);
+            if !keep && agent.running && wanted.is_some_and(|want| want.same_as(&agent)) {
+                keep = true;
+                if agent.manual {
+                    decision.adopt = Some(agent);
+                }
+            } else if agent.manual && agent.running && machine_exists && wanted.is_none_or(|want| want.context != agent.context) {
+                // Kept: an operator started it by hand.
+            } else {
+                decision.stop.push(agent);
+            }
+        }
+        decision.start = desired.filter(|_| !keep);
+        Ok(decision)
+    }
+
+    /// Makes the actual state of one machine match its desired state. An error says
+    /// what failed and whether it is permanent (see [`AgentError::is_permanent`]).
+    async fn settle(&self, uuid: &str) -> Result<(), (String, bool)> {
+        let _machine = self.lock_machine(uuid).await;
+        let decision = self.decide(uuid).map_err(|e| (e.to_string(), e.is_permanent()))?;
+        let failed = |f: AgentFailure| (f.to_string(), f.source.is_permanent());
+        if let Some(agent) = &decision.adopt {
+            self.record(&Agent { manual: false, ..agent.clone() }, true);
+        }
+        for agent in &decision.stop {
+            self.stop(agent).await.map_err(failed)?;
+        }
+        if let Some((agent, context)) = &decision.start {
+            self.start(agent, context).await.map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    /// Starts `agent` and records it; a failure is published as `agent-failed`. Caller
+    /// holds the machine lock.
+    pub async fn start(&self, agent: &Agent, context: &Context) -> Result<AgentInfo, AgentFailure> {
+        let first_of_context = !self
+            .state()
+            .actual
+            .values()
+            .flatten()
+            .any(|a| a.context == agent.context && a.machine != agent.machine);
+        let started = async {
+            let engine = self.plugin.registry.get(&agent.engine)?;
+            agents::start(&self.plugin, engine, agent, context, first_of_context).await
+        };
+        match started.await {
+            Ok(info) => {
+                self.record(agent, true);
+                tracing::info!(agent = %agent.name, engine = %agent.engine, image = %agent.image, manual = agent.manual, "agent running");
+                self.plugin.publish("agent-started", &agent.name, agent_event(agent, None)).await;
+                Ok(info)
+            }
+            Err(source) => {
+                let failure = AgentFailure::new("starting", agent, source);
+                self.plugin.publish("agent-failed", &agent.name, agent_event(agent, Some(&failure.to_string()))).await;
+                Err(failure)
+            }
+        }
+    }
+
+    /// Stops `agent` and forgets it. Caller holds the machine lock.
+    pub async fn stop(&self, agent: &Agent) -> Result<bool, AgentFailure> {
+        let stopped = async { Ok::<_, AgentError>(self.plugin.registry.get(&agent.engine)?.agent_stop(&agent.name).await?) };
+        let existed = stopped.await.map_err(|source| AgentFailure::new("stopping", agent, source))?;
+        self.record(agent, false);
+        if existed && agent.running {
+            tracing::info!(agent = %agent.name, engine = %agent.engine, "agent stopped");
+            self.plugin.publish("agent-stopped", &agent.name, agent_event(agent, None)).await;
+        } else if existed {
+            tracing::info!(agent = %agent.name, engine = %agent.engine, "removed an agent that had exited");
+        }
+        Ok(existed)
+    }
+
+    /// Records what our own start or stop did to the agent (found by name and engine).
+    fn record(&self, agent: &Agent, running: bool) {
+        let mut state = self.state();
+        state.clock += 1;
+        let now = state.clock;
+        state.recorded.insert(agent.machine.clone(), now);
+        let agents = state.actual.entry(agent.machine.clone()).or_default();
+        agents.retain(|a| a.name != agent.name || a.engine != agent.engine);
+        if running {
+            agents.push(Agent { running: true, ..agent.clone() });
+        }
+        if agents.is_empty() {
+            state.actual.remove(&agent.machine);
+        }
+    }
+
+    /// Agents of a machine the reconciler knows of, for actions.
+    pub fn agents_of(&self, uuid: &str) -> Vec<Agent> {
+        self.state().actual.get(uuid).cloned().unwrap_or_default()
+    }
+
+    pub fn context(&self, name: &str) -> Option<Context> {
+        self.state().contexts.get(name).cloned()
+    }
+
+    /// A summary for the `agentStatus` action.
+    pub fn summary(&self) -> Value {
+        let state = self.state();
+        let agents: Vec<&Agent> = state.actual.values().flatten().collect();
+        let now = Instant::now();
+        let mut failing: Vec<Value> = state
+            .queue
+            .failures()
+            .iter()
+            .map(|(machine, f)| {
+                let next = f.next_try.map(|t| t.saturating_duration_since(now).as_secs_f64());
+                json!({
+                    "machine": machine,
+                    "error": f.error,
+                    "attempts": f.attempts,
+                    "parked": f.parked,
+                    "next_try_in_secs": next,
+                })
+            })
+            .collect();
+        failing.sort_by(|a, b| a["machine"].as_str().cmp(&b["machine"].as_str()));
+        json!({
+            "machines": state.machines.len(),
+            "contexts": state.contexts.len(),
+            "agents": agents,
+            "pending": state.queue.pending(),
+            "failing": failing,
+        })
+    }
+}
+
+fn agent_event(agent: &Agent, error: Option<&str>) -> Value {
+    let mut object = json!({
+        "Machine": agent.machine,
+        "Context": agent.context,
+        "Engine": agent.engine,
+        "Name": agent.name,
+        "Image": agent.image,
+    });
+    if let Some(error) = error {
+        object["Error"] = Value::String(error.to_string());
+    }
+    object
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::drp_socket::DrpSocket;
+    use crate::engine::{AgentSpec, EngineError, EngineInfo};
+    use crate::environment::Environment;
+    use crate::params::Settings;
+
+    fn reconciler() -> Arc<Reconciler> {
+        reconciler_with(None)
+    }
+
+    /// A reconciler whose `docker` engine is `engine` and whose dr-provision hands out
+    /// fixed tokens.
+    fn reconciler_with(engine: Option<Arc<MemEngine>>) -> Arc<Reconciler> {
+        let env = Environment::default();
+        let settings = Settings::from_params(&json!({}), &env).expect("defaults");
+        let socket = DrpSocket::new(std::path::Path::new("/nonexistent.sock"));
+        let mut plugin = Plugin::new(env, socket, settings, std::env::temp_dir()).expect("plugin");
+        plugin.drp.fixed_token = Some("token".to_string());
+        if let Some(engine) = engine {
+            plugin.registry.insert_native(engine);
+        }
+        Reconciler::new(Arc::new(plugin))
+    }
+
+    /// An engine that keeps its agents in memory and can be made to fail or to hold a
+    /// listing until released.
+    #[derive(Default)]
+    struct MemEngine {
+        agents: Mutex<BTreeMap<String, AgentInfo>>,
+        starts: std::sync::atomic::AtomicUsize,
+        fail_starts: AtomicBool,
+        hold_listing: AtomicBool,
+        listing_released: Notify,
+        listing_started: Notify,
+    }
+
+    impl MemEngine {
+        fn starts(&self) -> usize {
+            self.starts.load(Ordering::SeqCst)
+        }
+        fn names(&self) -> Vec<String> {
+            self.agents.lock().expect("agents").keys().cloned().collect()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Engine for MemEngine {
+        fn name(&self) -> &str {
+            "docker"
+        }
+        fn kind(&self) -> &'static str {
+            "test/memory"
+        }
+        async fn info(&self) -> Result<EngineInfo, EngineError> {
+            Ok(EngineInfo { name: "docker".into(), kind: "test/memory", version: "0".into() })
+        }
+        async fn image_id(&self, _: &str) -> Result<Option<String>, EngineError> {
+            Ok(Some("sha256:0".into()))
+        }
+        async fn image_load(&self, _: &str, _: crate::engine::ArchiveStream) -> Result<(), EngineError> {
+            Ok(())
+        }
+        async fn image_tag(&self, _: &str, _: &str) -> Result<(), EngineError> {
+            Ok(())
+        }
+        async fn image_remove(&self, _: &str) -> Result<bool, EngineError> {
+            Ok(false)
+        }
+        async fn agent_start(&self, spec: &AgentSpec) -> Result<AgentInfo, EngineError> {
+            self.starts.fetch_add(1, Ordering::SeqCst);
+            if self.fail_starts.load(Ordering::SeqCst) {
+                return Err(EngineError::Failed { engine: "docker".into(), cause: "runtime says no".into() });
+            }
+            let info = AgentInfo { name: spec.name.clone(), id: spec.name.clone(), running: true, labels: spec.labels.clone() };
+            self.agents.lock().expect("agents").insert(spec.name.clone(), info.clone());
+            Ok(info)
+        }
+        async fn agent_stop(&self, name: &str) -> Result<bool, EngineError> {
+            Ok(self.agents.lock().expect("agents").remove(name).is_some())
+        }
+        async fn agent_list(&self, labels: &[(&str, &str)]) -> Result<Vec<AgentInfo>, EngineError> {
+            let found: Vec<AgentInfo> = self
+                .agents
+                .lock()
+                .expect("agents")
+                .values()
+                .filter(|a| labels.iter().all(|(k, v)| a.label(k) == Some(*v)))
+                .cloned()
+                .collect();
+            // The listing is taken now and answered later, as a slow runtime does.
+            if self.hold_listing.load(Ordering::SeqCst) {
+                self.listing_started.notify_one();
+                self.listing_released.notified().await;
+            }
+            Ok(found)
+        }
+    }
+
+    fn running(r: &Reconciler) -> Vec<String> {
+        let mut names: Vec<String> = r.state().actual.values().flatten().map(|a| a.name.clone()).collect();
+        names.sort();
+        names
+    }
+
+    fn event(kind: &str, action: &str, key: &str, object: Value) -> Event {
+        serde_json::from_value(json!({"Type": kind, "Action": action, "Key": key, "Object": object})).expect("event")
+    }
+
+    fn context(name: &str, engine: &str, image: &str) -> Value {
+        json!({"Name": name, "Engine": engine, "Image": image, "Meta": {}})
+    }
+
+    #[test]
+    fn a_machine_in_our_context_gets_one_agent_and_others_none() {
+        let r = reconciler();
+        r.apply(&event("contexts", "create", "ours", context("ours", "context-engines", "img:1"))).expect("ctx");
+        r.apply(&event("contexts", "create", "theirs", context("theirs", "other-plugin", "img:1"))).expect("ctx");
+        let touched = r.apply(&event("machines", "update", "m1", json!({"Uuid": "m1", "Context": "ours"}))).expect("m1");
+        assert_eq!(touched, BTreeSet::from(["m1".to_string()]));
+        let decision = r.decide("m1").expect("decide");
+        let (agent, _) = decision.start.expect("an agent to start");
+        assert_eq!((agent.name.as_str(), agent.engine.as_str(), agent.image.as_str()), ("drp-ours-m1", "docker", "img:1"));
+        r.apply(&event("machines", "update", "m2", json!({"Uuid": "m2", "Context": "theirs"}))).expect("m2");
+        assert_eq!(r.decide("m2").expect("decide"), Decision::default());
+    }
+
+    #[test]
+    fn a_running_agent_is_kept_replaced_on_image_change_and_stopped_when_the_machine_goes() {
+        let r = reconciler();
+        r.apply(&event("contexts", "create", "c", context("c", "context-engines", "img:1"))).expect("ctx");
+        r.apply(&event("machines", "create", "m", json!({"Uuid": "m", "Context": "c"}))).expect("m");
+        let (agent, _) = r.decide("m").expect("decide").start.expect("start");
+        r.record(&agent, true);
+        assert_eq!(r.decide("m").expect("decide"), Decision::default(), "a matching agent is kept");
+        let touched = r.apply(&event("contexts", "update", "c", context("c", "context-engines", "img:2"))).expect("ctx");
+        assert!(touched.contains("m"));
+        let decision = r.decide("m").expect("decide");
+        assert_eq!(decision.stop, vec![agent.clone()]);
+        assert_eq!(decision.start.map(|(a, _)| a.image), Some("img:2".to_string()));
+        r.apply(&event("machines", "delete", "m", Value::Null)).expect("delete");
+        assert_eq!(r.decide("m").expect("decide").stop, vec![agent]);
+    }
+
+    #[test]
+    fn unreadable_objects_are_errors_not_guesses() {
+        let r = reconciler();
+        let err = r.apply(&event("machines", "update", "m", json!("not a machine"))).unwrap_err();
+        assert!(err.contains("machines.update") && err.contains("'m'"), "{err}");
+    }
+
+    #[test]
+    fn a_manual_agent_stays_while_its_machine_exists_and_is_adopted_by_its_context() {
+        let r = reconciler();
+        r.apply(&event("contexts", "create", "c", context("c", "context-engines", "img:1"))).expect("ctx");
+        r.apply(&event("machines", "create", "m", json!({"Uuid": "m", "Context": ""}))).expect("m");
+        let manual = Agent { manual: true, ..Agent::new("m", &r.context("c").expect("c"), "docker").expect("agent") };
+        r.record(&manual, true);
+        assert_eq!(r.decide("m").expect("decide"), Decision::default(), "kept outside its Context");
+        r.apply(&event("machines", "update", "m", json!({"Uuid": "m", "Context": "c"}))).expect("m");
+        let decision = r.decide("m").expect("decide");
+        assert_eq!((decision.adopt, decision.start, decision.stop), (Some(manual.clone()), None, vec![]), "now the wanted one");
+        r.apply(&event("contexts", "update", "c", context("c", "context-engines", "img:2"))).expect("ctx");
+        let decision = r.decide("m").expect("decide");
+        assert_eq!(decision.stop, vec![manual.clone()], "its Context wants another image: replaced");
+        r.apply(&event("machines", "delete", "m", Value::Null)).expect("delete");
+        assert_eq!(r.decide("m").expect("decide").stop, vec![manual], "gone with its machine");
+    }
+
+    #[test]
+    fn a_listing_never_forgets_what_was_recorded_after_it_began_and_dead_agents_are_stopped() {
+        let r = reconciler();
+        r.apply(&event("contexts", "create", "c", context("c", "context-engines", "img:1"))).expect("ctx");
+        r.apply(&event("machines", "create", "m", json!({"Uuid": "m", "Context": "c"}))).expect("m");
+        let (agent, _) = r.decide("m").expect("decide").start.expect("start");
+        let since = r.state().clock;
+        r.record(&agent, true);
+        r.merge("docker", since, &[]);
+        assert_eq!(running(&r), vec![agent.name.clone()], "recorded after the listing began: kept");
+        let since = r.state().clock;
+        r.merge("docker", since, &[]);
+        assert!(running(&r).is_empty(), "a listing begun after the record is the truth");
+        let dead = AgentInfo {
+            name: agent.name.clone(),
+            id: "x".into(),
+            running: false,
+            labels: BTreeMap::from([
+                (labels::MACHINE.into(), "m".into()),
+                (labels::CONTEXT.into(), "c".into()),
+                (labels::ENGINE.into(), "docker".into()),
+                (labels::IMAGE.into(), "img:1".into()),
+            ]),
+        };
+        let touched = r.merge("docker", since, &[dead]);
+        assert!(touched.contains("m"));
+        let decision = r.decide("m").expect("decide");
+        assert_eq!(decision.stop.iter().map(|a| a.running).collect::<Vec<_>>(), vec![false], "the dead one is removed");
+        assert!(decision.start.is_some(), "and a live one started");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relist_during_a_start_and_an_event_storm_never_duplicates_or_loses_the_agent() {
+        let engine = Arc::new(MemEngine::default());
+        let r = reconciler_with(Some(Arc::clone(&engine)));
+        r.apply(&event("contexts", "create", "c", context("c", "context-engines", "img:1"))).expect("ctx");
+        engine.hold_listing.store(true, Ordering::SeqCst);
+        let listing_started = engine.listing_started.notified();
+        r.relist(Arc::clone(&engine) as Arc<dyn Engine>);
+        listing_started.await;
+        // The listing saw no agent. Now the machine arrives, many times over.
+        for _ in 0..50 {
+            r.on_event(&event("machines", "update", "m", json!({"Uuid": "m", "Context": "c"}))).expect("m");
+        }
+        r.idle().await;
+        assert_eq!(engine.starts(), 1, "an event storm starts one agent");
+        engine.listing_released.notify_one();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        r.idle().await;
+        assert_eq!(running(&r), vec!["drp-c-m".to_string()], "the stale listing did not erase it");
+        assert_eq!(engine.starts(), 1, "and nothing was started twice");
+        assert_eq!(engine.names(), vec!["drp-c-m".to_string()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_back_off_exponentially_and_success_forgets_them() {
+        let engine = Arc::new(MemEngine::default());
+        engine.fail_starts.store(true, Ordering::SeqCst);
+        let r = reconciler_with(Some(Arc::clone(&engine)));
+        r.apply(&event("contexts", "create", "c", context("c", "context-engines", "img:1"))).expect("ctx");
+        r.on_event(&event("machines", "create", "m", json!({"Uuid": "m", "Context": "c"}))).expect("m");
+        r.idle().await;
+        assert_eq!(engine.starts(), 1);
+        // Retries after ≤1 s, ≤2 s, ≤4 s, ≤8 s (each at least 80 % of that).
+        let mut at = Vec::new();
+        let begun = Instant::now();
+        while engine.starts() < 5 {
+            let before = engine.starts();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if engine.starts() > before {
+                at.push(begun.elapsed().as_secs_f64());
+            }
+        }
+        let gaps: Vec<f64> = std::iter::once(at[0]).chain(at.windows(2).map(|w| w[1] - w[0])).collect();
+        for (gap, want) in gaps.iter().zip([1.0, 2.0, 4.0, 8.0]) {
+            assert!(*gap <= want + 0.1 && *gap >= want * 0.8 - 0.1, "gaps {gaps:?}");
+        }
+        let status = r.summary();
+        assert_eq!(status["failing"][0]["attempts"], 5, "{status}");
+        assert_eq!(status["failing"][0]["parked"], false);
+        assert!(status["failing"][0]["error"].as_str().is_some_and(|e| e.contains("runtime says no")), "{status}");
+        // The backoff tops out at a minute, and one success forgets the failures.
+        engine.fail_starts.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        r.idle().await;
+        assert_eq!(running(&r), vec!["drp-c-m".to_string()]);
+        assert_eq!(r.summary()["failing"], json!([]));
+        let starts = engine.starts();
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(engine.starts(), starts, "no timer left behind");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_error_is_parked_until_the_next_event() {
+        let engine = Arc::new(MemEngine::default());
+        let r = reconciler_with(Some(Arc::clone(&engine)));
+        let mut ctx = context("c", "context-engines", "img:1");
+        ctx["Meta"] = json!({"context-engine": "nonesuch"});
+        r.apply(&event("contexts", "create", "c", ctx)).expect("ctx");
+        r.on_event(&event("machines", "create", "m", json!({"Uuid": "m", "Context": "c"}))).expect("m");
+        r.idle().await;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        r.idle().await;
+        let status = r.summary();
+        assert_eq!((status["failing"][0]["attempts"].clone(), status["failing"][0]["parked"].clone()), (json!(1), json!(true)), "{status}");
+        assert!(status["failing"][0]["error"].as_str().is_some_and(|e| e.contains("nonesuch")), "{status}");
+        r.apply(&event("contexts", "update", "c", context("c", "context-engines", "img:1"))).expect("ctx");
+        r.on_event(&event("machines", "update", "m", json!({"Uuid": "m", "Context": "c"}))).expect("m");
+        r.idle().await;
+        assert_eq!(engine.starts(), 1);
+        assert_eq!(r.summary()["failing"], json!([]));
+    }
+}
