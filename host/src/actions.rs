@@ -170,6 +170,7 @@ async fn agent_stop(
         engine: engine_name,
         name,
         image: String::new(),
+        id: String::new(),
         manual: false,
         running: true,
     };

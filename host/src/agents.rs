@@ -57,6 +57,9 @@ pub struct Agent {
     pub engine: String,
     pub name: String,
     pub image: String,
+    /// The runtime's id of the container, when known: tells a removal of this agent
+    /// from one of an earlier container of the same name.
+    pub id: String,
     /// Started by the `agentStart` action rather than wanted by the machine's Context:
     /// kept while its machine exists, until `agentStop` or the Context takes it over.
     pub manual: bool,
@@ -74,6 +77,7 @@ impl Agent {
             engine: engine.to_string(),
             name: agent_name(&context.name, machine)?,
             image: context.image.clone(),
+            id: String::new(),
             manual: false,
             running: true,
         })
@@ -93,6 +97,7 @@ impl Agent {
             engine: found.label(labels::ENGINE)?.to_string(),
             name: found.name.clone(),
             image: found.label(labels::IMAGE).unwrap_or_default().to_string(),
+            id: found.id.clone(),
             manual: found.label(labels::MANUAL) == Some("true"),
             running: found.running,
         })

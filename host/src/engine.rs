@@ -14,6 +14,18 @@ use serde::Serialize;
 /// incrementally: archives can be gigabytes.
 pub type ArchiveStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
+/// What a runtime's own event feed says happened to an agent: it was removed (by
+/// anyone: `docker rm -f`, a prune, our own stop).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentGone {
+    pub name: String,
+    pub id: String,
+    pub machine: String,
+}
+
+/// A runtime's event feed, for as long as it lasts.
+pub type AgentEvents = Pin<Box<dyn Stream<Item = Result<AgentGone, EngineError>> + Send>>;
+
 /// Labels put on every agent; reconciliation and adoption find agents by them.
 pub mod labels {
     pub const MACHINE: &str = "drp.machine";
@@ -108,4 +120,10 @@ pub trait Engine: Send + Sync {
     async fn agent_stop(&self, name: &str) -> Result<bool, EngineError>;
     /// Agents carrying all the given labels, running or not.
     async fn agent_list(&self, labels: &[(&str, &str)]) -> Result<Vec<AgentInfo>, EngineError>;
+    /// The runtime's own feed of agents (carrying all `labels`) being removed, so one
+    /// removed by hand is replaced at once rather than at the next resync. `None`: the
+    /// engine has no feed (WASM engines), and resyncs alone find such removals.
+    async fn agent_events(&self, _labels: &[(&str, &str)]) -> Result<Option<AgentEvents>, EngineError> {
+        Ok(None)
+    }
 }

@@ -103,10 +103,11 @@ async fn session(plugin: &Plugin, reconciler: &Arc<Reconciler>) -> Result<(), St
     // The silence deadline runs from the last frame received (a pong counts) and is not
     // moved by anything we send, so a peer that vanished without a FIN is noticed.
     let mut heard = tokio::time::Instant::now();
-    let resync_every = plugin.settings().resync_secs;
-    let mut resync = tokio::time::interval(Duration::from_secs(resync_every.max(1)));
-    resync.reset();
+    let mut relisted = tokio::time::Instant::now();
     loop {
+        // Read each pass, so a reconfigure of resync-secs applies at once.
+        let resync_every = plugin.settings().resync_secs;
+        let next_resync = relisted + Duration::from_secs(resync_every);
         tokio::select! {
             frame = ws.next() => {
                 heard = tokio::time::Instant::now();
@@ -123,11 +124,15 @@ async fn session(plugin: &Plugin, reconciler: &Arc<Reconciler>) -> Result<(), St
             _ = ping.tick() => {
                 ws.send(Message::Ping(Default::default())).await.map_err(|e| format!("ping: {e}"))?;
             }
-            _ = resync.tick(), if resync_every > 0 => {
+            _ = tokio::time::sleep_until(next_resync), if resync_every > 0 => {
                 tracing::info!("periodic resync");
                 full_reconcile_until_done(reconciler).await;
+                relisted = tokio::time::Instant::now();
             }
-            _ = reconciler.resync_requested() => full_reconcile_until_done(reconciler).await,
+            _ = reconciler.resync_requested() => {
+                full_reconcile_until_done(reconciler).await;
+                relisted = tokio::time::Instant::now();
+            }
         }
     }
 }

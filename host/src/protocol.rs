@@ -123,6 +123,7 @@ impl Service {
                 engines.scan(&plugin).await;
                 tokio::spawn(engines.watch(Arc::clone(&plugin), Arc::clone(&reconciler), shutdown.clone()));
             }
+            reconciler.watch_runtimes(shutdown.clone());
             tokio::spawn(events::run(plugin, reconciler, shutdown));
         } else if *previous != *self.plugin.settings() {
             tracing::info!("reconfigured; reconciling everything");

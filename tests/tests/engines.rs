@@ -45,6 +45,7 @@ behaviour_suite! {
         burst_of_machines_converges,
         manual_agent_survives_its_machines_events,
         a_name_held_by_another_plugin_is_left_alone,
+        agent_removed_by_hand_is_replaced,
     ]
 }
 
@@ -449,16 +450,17 @@ async fn a_name_held_by_another_plugin_is_left_alone(w: &mut World) -> anyhow::R
     let name = format!("drp-ctx-{uuid}");
     let owner = format!("{}-other", w.plugin_name);
     let labels = std::collections::HashMap::from([("drp.plugin".to_string(), owner.clone())]);
-    let mut created = None;
+    let mut created = Err(anyhow::anyhow!("no candidate name"));
     for candidate in [image.clone(), format!("localhost/{image}")] {
         let body = bollard::models::ContainerCreateBody {
             image: Some(candidate),
+            cmd: Some(vec!["/bin/sleep".to_string(), "3600".to_string()]),
             labels: Some(labels.clone()),
             ..Default::default()
         };
         let options = bollard::query_parameters::CreateContainerOptionsBuilder::new().name(&name).build();
-        if let Ok(c) = w.runtime.create_container(Some(options), body).await {
-            created = Some(c.id);
+        created = w.runtime.create_container(Some(options), body).await.map(|c| c.id).map_err(anyhow::Error::from);
+        if created.is_ok() {
             break;
         }
     }
@@ -485,6 +487,37 @@ async fn a_name_held_by_another_plugin_is_left_alone(w: &mut World) -> anyhow::R
     let options = bollard::query_parameters::RemoveContainerOptionsBuilder::new().force(true).build();
     let _ = w.runtime.remove_container(&foreign, Some(options)).await;
     outcome
+}
+
+/// `docker rm -f` / `podman rm -f` of an agent: a native engine hears it on the
+/// runtime's event feed and the agent is back within 5 s; a WASM engine has no feed, so
+/// the periodic resync (set to 3 s here) finds it.
+async fn agent_removed_by_hand_is_replaced(w: &mut World) -> anyhow::Result<()> {
+    let native = w.under_test.wasm_file.is_none();
+    if !native {
+        let mut params = w.params();
+        params["context-engines/resync-secs"] = json!(3);
+        let (code, body) = w.plugin().config(params).await?;
+        ensure!(code == 200, "config: {code} {body}");
+    }
+    let limit = if native { Duration::from_secs(5) } else { Duration::from_secs(3 + 10) };
+    let image = w.image();
+    w.upload("plain.tar", &image).await?;
+    w.sim.put_context(w.context("ctx", &image));
+    let uuid = unique("m");
+    w.sim.put_machine(World::machine(&uuid, "ctx"));
+    let mut id = w.wait_agents(1, SETTLE).await?[0].id.clone().context("agent id")?;
+    for round in 1..=2 {
+        let options = bollard::query_parameters::RemoveContainerOptionsBuilder::new().force(true).build();
+        w.runtime.remove_container(&id, Some(options)).await?;
+        let removed = tokio::time::Instant::now();
+        let agents = w.wait_agents(1, limit).await.with_context(|| format!("removal #{round}"))?;
+        let replacement = agents[0].id.clone().context("agent id")?;
+        ensure!(replacement != id, "removal #{round}: the same container is still listed");
+        println!("{}: agent removed by hand, replaced after {:?}", w.engine, removed.elapsed());
+        id = replacement;
+    }
+    Ok(())
 }
 
 fn expect(got: (u16, Value), code: u16, body: Value) -> anyhow::Result<()> {

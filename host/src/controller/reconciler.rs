@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
@@ -26,7 +27,7 @@ use tokio::time::Instant;
 use super::queue::{Outcome, Queue};
 use crate::agents::{self, Agent, AgentError};
 use crate::drp::{Context, Machine};
-use crate::engine::{AgentInfo, Engine, labels};
+use crate::engine::{AgentGone, AgentInfo, Engine, labels};
 use crate::events::Event;
 use crate::plugin::Plugin;
 
@@ -246,6 +247,89 @@ impl Reconciler {
             }
         }
         touched
+    }
+
+    /// Follows every engine's own event feed (native runtimes have one), so an agent
+    /// removed behind the plugin's back is replaced within moments. Each feed reconnects
+    /// with backoff and relists its engine whenever it (re)opens, since removals while it
+    /// was closed are only in a listing.
+    pub fn watch_runtimes(self: &Arc<Self>, shutdown: watch::Receiver<bool>) {
+        for name in self.plugin.registry.names() {
+            let this = Arc::clone(self);
+            tokio::spawn(this.watch_runtime(name, shutdown.clone()));
+        }
+    }
+
+    async fn watch_runtime(self: Arc<Self>, name: String, mut shutdown: watch::Receiver<bool>) {
+        const FIRST: Duration = Duration::from_secs(1);
+        const MAX: Duration = Duration::from_secs(30);
+        let mut backoff = FIRST;
+        loop {
+            let Ok(engine) = self.plugin.registry.get(&name) else { return };
+            let plugin_name = self.plugin.settings().plugin_name.clone();
+            let filter = [(labels::PLUGIN, plugin_name.as_str()), (labels::ENGINE, name.as_str())];
+            match engine.agent_events(&filter).await {
+                Ok(None) => return,
+                Ok(Some(mut feed)) => {
+                    self.relist(Arc::clone(&engine));
+                    // A reconfigure may put a new engine (another host) under this name.
+                    let mut still_current = tokio::time::interval(Duration::from_secs(10));
+                    loop {
+                        tokio::select! {
+                            item = feed.next() => match item {
+                                Some(Ok(gone)) => {
+                                    backoff = FIRST;
+                                    self.on_agent_gone(&name, &gone);
+                                }
+                                Some(Err(e)) => {
+                                    tracing::debug!("engine '{name}': {e}; reopening its event feed");
+                                    break;
+                                }
+                                None => break,
+                            },
+                            _ = still_current.tick() => {
+                                if self.plugin.registry.get(&name).map_or(true, |now| !Arc::ptr_eq(&now, &engine)) {
+                                    break;
+                                }
+                            }
+                            _ = shutdown.wait_for(|stop| *stop) => return,
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!("engine '{name}': no event feed: {e}"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            backoff = (backoff * 2).min(MAX);
+        }
+    }
+
+    /// An agent was removed in the runtime: if it is one we believe in (not one our own
+    /// stop already forgot, nor an earlier container of the same name), forget it and
+    /// settle its machine, which starts a new one if it is still wanted.
+    fn on_agent_gone(self: &Arc<Self>, engine: &str, gone: &AgentGone) {
+        let forgot = {
+            let mut state = self.state();
+            let Some(agents) = state.actual.get_mut(&gone.machine) else { return };
+            let before = agents.len();
+            agents.retain(|a| !(a.engine == engine && a.name == gone.name && (a.id.is_empty() || a.id == gone.id)));
+            let forgot = agents.len() != before;
+            if agents.is_empty() {
+                state.actual.remove(&gone.machine);
+            }
+            if forgot {
+                state.clock += 1;
+                let now = state.clock;
+                state.recorded.insert(gone.machine.clone(), now);
+            }
+            forgot
+        };
+        if forgot {
+            tracing::info!(agent = %gone.name, engine, "agent removed in the runtime; settling its machine");
+            self.mark(gone.machine.clone());
+        }
     }
 
     /// Machines that want an agent on `engine` or are believed to have one there.
@@ -479,7 +563,7 @@ impl Reconciler {
         };
         match started.await {
             Ok(info) => {
-                self.record(agent, true);
+                self.record(&Agent { id: info.id.clone(), ..agent.clone() }, true);
                 tracing::info!(agent = %agent.name, engine = %agent.engine, image = %agent.image, manual = agent.manual, "agent running");
                 self.plugin.publish("agent-started", &agent.name, agent_event(agent, None)).await;
                 Ok(info)

@@ -5,14 +5,14 @@
 //! crate is unmaintained, pulls a second hyper stack, and is reported broken on Podman 5
 //! (vv9k/podman-api-rs#169), while the compat API is served by Podman 4 and 5 alike.
 
-
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, ContainerCreateResponse, HostConfig, RestartPolicy, RestartPolicyNameEnum};
+use bollard::models::{ContainerCreateBody, ContainerCreateResponse, EventMessage, HostConfig, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ImportImageOptionsBuilder,
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, ImportImageOptionsBuilder,
     RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
     TagImageOptionsBuilder,
 };
@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
 use super::container_list;
-use crate::engine::{AgentInfo, AgentSpec, ArchiveStream, Engine, EngineError, EngineInfo};
+use crate::engine::{AgentEvents, AgentGone, AgentInfo, AgentSpec, ArchiveStream, Engine, EngineError, EngineInfo};
 
 /// Every request but an image load, unless `request-timeout-secs` says otherwise: a
 /// runtime that hangs fails the call (and frees the machine's lock) within this, and a
@@ -288,6 +288,21 @@ impl RuntimeApiEngine {
     }
 }
 
+/// A container removal from the runtime's event feed (Docker says `destroy`, Podman's
+/// compat API `destroy` or `remove`), with the agent's machine from its labels.
+fn agent_gone(event: EventMessage) -> Option<AgentGone> {
+    if !matches!(event.action.as_deref(), Some("destroy" | "remove")) {
+        return None;
+    }
+    let actor = event.actor?;
+    let attributes = actor.attributes.unwrap_or_default();
+    Some(AgentGone {
+        name: attributes.get("name")?.trim_start_matches('/').to_string(),
+        id: actor.id.unwrap_or_default(),
+        machine: attributes.get(crate::engine::labels::MACHINE)?.clone(),
+    })
+}
+
 /// Why a start cannot take a name another owner's container holds.
 pub fn name_taken(name: &str, owner: Option<&str>) -> String {
     match owner {
@@ -420,6 +435,25 @@ impl Engine for RuntimeApiEngine {
             Err(_) => {}
         }
         self.remove(name).await
+    }
+
+    async fn agent_events(&self, labels: &[(&str, &str)]) -> Result<Option<AgentEvents>, EngineError> {
+        let docker = self.client().await?.clone();
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let filters = HashMap::from([("type", vec!["container".to_string()]), ("label", labels)]);
+        let options = EventsOptionsBuilder::new().filters(&filters).build();
+        let engine = self.name.clone();
+        let feed = docker.events(Some(options)).filter_map(move |event| {
+            let gone = match event {
+                Ok(event) => agent_gone(event).map(Ok),
+                Err(e) => Some(Err(EngineError::Failed {
+                    engine: engine.clone(),
+                    cause: format!("event feed: {e}"),
+                })),
+            };
+            std::future::ready(gone)
+        });
+        Ok(Some(Box::pin(feed)))
     }
 
     async fn agent_list(&self, labels: &[(&str, &str)]) -> Result<Vec<AgentInfo>, EngineError> {
