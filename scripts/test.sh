@@ -20,9 +20,18 @@ for c in json.load(sys.stdin):
     curl -sf -X DELETE --unix-socket "$sock" "http://d/v1.41/containers/$id?force=1" >/dev/null || true
   done
 done
-cargo test --release --locked --workspace --lib --bins \
-  --test engines --test protocol --test mixed --test wasm -- --test-threads=4
-# Fault tests stop and restart dockerd, so they run alone, after everything else.
+# Every end-to-end target in tests/tests, found rather than listed, but faults.rs: fault
+# tests stop and restart dockerd, so they run alone, after everything else.
+targets=()
+for file in tests/tests/*.rs; do
+  name=$(basename "$file" .rs)
+  [ "$name" = faults ] || targets+=(--test "$name")
+done
+[ -f tests/tests/faults.rs ] || { echo "test.sh: tests/tests/faults.rs is missing" >&2; exit 1; }
+cargo test --release --locked --workspace --lib --bins "${targets[@]}" -- --test-threads=4
 cargo test --release --locked -p ce-tests --test faults -- --test-threads=1
+# The WASM engines' own unit tests, natively (the components themselves are tested
+# through the host above).
+(cd engines-wasm && cargo test --locked --workspace --lib)
 # The decoders under libFuzzer, 20 s per target (scripts/fuzz.sh says how to run longer).
 bash scripts/fuzz.sh 20

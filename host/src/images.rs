@@ -58,6 +58,22 @@ impl ImageError {
     }
 }
 
+/// Spooled archives a crashed earlier run left behind: no load of this process can be
+/// using them yet, and each may be gigabytes.
+fn remove_leftover_spool(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("archive-") && name.ends_with(".tar") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!("removed {name}, spooled by an earlier run"),
+                Err(e) => tracing::warn!("cannot remove {name}, spooled by an earlier run: {e}"),
+            }
+        }
+    }
+}
+
 /// Where an archive is read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ArchiveSource {
@@ -95,6 +111,7 @@ impl Images {
             .connect_timeout(std::time::Duration::from_secs(30))
             .read_timeout(std::time::Duration::from_secs(120))
             .build()?;
+        remove_leftover_spool(&spool_dir);
         Ok(Images {
             env,
             http,
@@ -127,9 +144,11 @@ impl Images {
         }
     }
 
-    /// Loads `source` into `engine` as `image`, merging with a load of the same image
-    /// already under way. With a checksum the archive is verified before the engine sees
-    /// a byte of it.
+    /// Loads `source` into `engine` as `image`, merging with a load of the same archive
+    /// as the same image already under way. A load of that image from another source or
+    /// with another checksum is a load of its own (verified on its own, so a mismatch is
+    /// rejected), which waits for the engine's turn. With a checksum the archive is
+    /// verified before the engine sees a byte of it.
     pub async fn load(
         self: &Arc<Self>,
         engine: Arc<dyn Engine>,
@@ -137,7 +156,7 @@ impl Images {
         source: ArchiveSource,
         checksum: Option<String>,
     ) -> Result<(), ImageError> {
-        let key = format!("{}\u{0}{image}", engine.name());
+        let key = [engine.name(), image, &source.describe(), checksum.as_deref().unwrap_or_default()].join("\u{0}");
         let merged = {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             in_flight
@@ -506,5 +525,17 @@ mod tests {
                 .expect("read");
             assert_eq!(out, plain);
         }
+    }
+
+    #[test]
+    fn archives_spooled_by_a_crashed_run_are_removed_at_start() {
+        let dir = std::env::temp_dir().join(format!("ce-spool-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("archive-1-0.tar"), b"left over").expect("write");
+        std::fs::write(dir.join("keep.txt"), b"not ours").expect("write");
+        Images::new(Environment::default(), dir.clone()).expect("images");
+        assert!(!dir.join("archive-1-0.tar").exists());
+        assert!(dir.join("keep.txt").exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -46,6 +46,7 @@ behaviour_suite! {
         manual_agent_survives_its_machines_events,
         a_name_held_by_another_plugin_is_left_alone,
         agent_removed_by_hand_is_replaced,
+        same_image_with_different_checksums_is_loaded_and_checked_apart,
     ]
 }
 
@@ -517,6 +518,39 @@ async fn agent_removed_by_hand_is_replaced(w: &mut World) -> anyhow::Result<()> 
         println!("{}: agent removed by hand, replaced after {:?}", w.engine, removed.elapsed());
         id = replacement;
     }
+    Ok(())
+}
+
+/// Two Contexts name the same image from the same URL, one with the archive's checksum
+/// and one with another, and their machines arrive together: the loads are not merged
+/// on the image name, so the wrong checksum is rejected even while the right one loads.
+async fn same_image_with_different_checksums_is_loaded_and_checked_apart(w: &mut World) -> anyhow::Result<()> {
+    let archive = std::fs::read(w.fixture("plain.tar"))?;
+    let good = hex::encode(Sha256::digest(&archive));
+    let url = format!("{}/files/fixtures/plain.tar", w.sim.file_url());
+    let image = w.image();
+    let (right, wrong) = (unique("m"), unique("m"));
+    for (name, sum) in [("right", good.clone()), ("wrong", "1".repeat(64))] {
+        let mut ctx = w.context(name, &image);
+        ctx["Meta"]["Imagepull"] = json!(url);
+        ctx["Meta"]["Checksum"] = json!(sum);
+        w.sim.put_context(ctx);
+    }
+    w.sim.put_machine(World::machine(&right, "right"));
+    w.sim.put_machine(World::machine(&wrong, "wrong"));
+    let failure = w
+        .sim
+        .wait_for("agent-failed event for the wrong checksum", SETTLE, || {
+            w.sim.published().into_iter().find(|e| e["Action"] == "agent-failed" && e["Object"]["Machine"] == wrong.as_str())
+        })
+        .await?;
+    let error = failure["Object"]["Error"].as_str().unwrap_or_default().to_string();
+    ensure!(error.contains(&good) && error.contains("rejected"), "failure says: {error}");
+    let agents = w.wait_agents(1, SETTLE).await?;
+    let machine = agents[0].labels.clone().unwrap_or_default().get("drp.machine").cloned();
+    ensure!(machine.as_deref() == Some(right.as_str()), "the one agent should be the right checksum's machine: {machine:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    w.wait_agents(1, Duration::from_secs(1)).await.context("the wrong checksum's machine got an agent later")?;
     Ok(())
 }
 

@@ -1270,3 +1270,42 @@ async fn hanging_listing(f: &mut Fault) -> anyhow::Result<()> {
     wait_exact_and_stable(f, &want, SETTLE).await?;
     still_serving(f).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_during_a_burst_leaves_no_half_started_agent() {
+    run_fault("/stop during a 100-machine burst", |f| Box::pin(stop_mid_burst(f))).await
+}
+
+/// `/stop` while 100 machines are being started: the plugin lets the starts under way
+/// finish (up to 10 s), exits 0, and leaves no container created but never started;
+/// the next run starts exactly the rest.
+async fn stop_mid_burst(f: &mut Fault) -> anyhow::Result<()> {
+    const N: usize = 100;
+    let (_, first, _) = one_agent_in_ctx(f).await?;
+    let mut machines = vec![first];
+    for _ in 0..N {
+        let uuid = unique("b");
+        f.w.sim.put_machine(World::machine(&uuid, "ctx"));
+        machines.push(uuid);
+    }
+    f.w.sim
+        .wait_for("a few agents of the burst", SETTLE, || {
+            let published = f.w.sim.published().into_iter().filter(|e| e["Action"] == "agent-started").count();
+            (published >= 5).then_some(())
+        })
+        .await?;
+    f.retire_output();
+    let plugin = f.w.plugin.take().context("no plugin process")?;
+    let exit = plugin.stop().await?;
+    ensure!(exit.success(), "the plugin exited with {exit}");
+    let half_started: Vec<String> = agents(&f.w)
+        .await?
+        .into_iter()
+        .filter(|c| c.state.as_ref().is_some_and(|s| s.to_string() == "created"))
+        .flat_map(|c| c.names.unwrap_or_default())
+        .collect();
+    ensure!(half_started.is_empty(), "containers created but never started after /stop: {half_started:?}");
+    f.w.start_plugin().await?;
+    wait_exact_and_stable(f, &in_context(&machines, "ctx"), Duration::from_secs(300)).await?;
+    Ok(())
+}

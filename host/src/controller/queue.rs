@@ -148,11 +148,6 @@ impl Queue {
         Some(earliest.max(self.refilled + wait))
     }
 
-    /// Forgets a key entirely (its machine is gone and has nothing left to settle).
-    pub fn forget(&mut self, key: &str) {
-        self.failures.remove(key);
-    }
-
     pub fn pending(&self) -> usize {
         self.work.len()
     }

@@ -82,6 +82,14 @@ struct State {
     listing: HashMap<String, bool>,
 }
 
+impl State {
+    /// Notes that `machine`'s agents were just recorded (see `recorded`).
+    fn stamp(&mut self, machine: &str) {
+        self.clock += 1;
+        self.recorded.insert(machine.to_string(), self.clock);
+    }
+}
+
 pub struct Reconciler {
     plugin: Arc<Plugin>,
     state: Mutex<State>,
@@ -96,6 +104,11 @@ pub struct Reconciler {
     /// Wakes the retry timer when the queue's next due time may have moved earlier.
     retry_changed: Notify,
     retry_timer: AtomicBool,
+    /// Set when the plugin stops: nothing new is queued, work under way finishes.
+    closed: AtomicBool,
+    /// True once dr-provision's machines and contexts were learned. No machine is
+    /// settled before: with nothing known yet, every agent would look unwanted.
+    learned: watch::Sender<bool>,
 }
 
 impl Reconciler {
@@ -118,6 +131,8 @@ impl Reconciler {
             resync: Notify::new(),
             retry_changed: Notify::new(),
             retry_timer: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            learned: watch::channel(false).0,
         })
     }
 
@@ -151,6 +166,7 @@ impl Reconciler {
             let mut state = self.state();
             state.machines = machines.into_iter().map(|m| (m.uuid.clone(), m)).collect();
             state.contexts = contexts.into_iter().map(|c| (c.name.clone(), c)).collect();
+            self.learned.send_replace(true);
             let listed: BTreeSet<&str> = engines.iter().map(|e| e.name()).collect();
             // Machines no engine listing will settle: none wanted, or an unknown engine
             // (which settling reports).
@@ -320,9 +336,7 @@ impl Reconciler {
                 state.actual.remove(&gone.machine);
             }
             if forgot {
-                state.clock += 1;
-                let now = state.clock;
-                state.recorded.insert(gone.machine.clone(), now);
+                state.stamp(&gone.machine);
             }
             forgot
         };
@@ -409,6 +423,9 @@ impl Reconciler {
 
     /// Queues `uuid` for settling; coalesces with work already queued or under way.
     pub fn mark(self: &Arc<Self>, uuid: String) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
         if !self.state().queue.add(&uuid) {
             return;
         }
@@ -419,6 +436,8 @@ impl Reconciler {
     }
 
     async fn work_on(self: Arc<Self>, uuid: String) {
+        // An engine's listing (or its event feed) may come before dr-provision's.
+        let _ = self.learned.subscribe().wait_for(|learned| *learned).await;
         loop {
             let permits = Arc::clone(&self.permits.lock().unwrap_or_else(|p| p.into_inner()));
             let permit = permits.acquire_owned().await;
@@ -470,6 +489,14 @@ impl Reconciler {
                 }
             }
         });
+    }
+
+    /// For a clean stop: queues nothing more and waits up to `limit` for the settles
+    /// under way (a start between its create and its start above all) to finish.
+    /// Returns whether they did; what is cut short is found by the next run's listing.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        self.closed.store(true, Ordering::SeqCst);
+        tokio::time::timeout(limit, self.idle()).await.is_ok()
     }
 
     /// Resolves when no machine has work queued or under way.
@@ -593,9 +620,7 @@ impl Reconciler {
     /// Records what our own start or stop did to the agent (found by name and engine).
     fn record(&self, agent: &Agent, running: bool) {
         let mut state = self.state();
-        state.clock += 1;
-        let now = state.clock;
-        state.recorded.insert(agent.machine.clone(), now);
+        state.stamp(&agent.machine);
         let agents = state.actual.entry(agent.machine.clone()).or_default();
         agents.retain(|a| a.name != agent.name || a.engine != agent.engine);
         if running {
@@ -685,7 +710,10 @@ mod tests {
         if let Some(engine) = engine {
             plugin.registry.insert_native(engine);
         }
-        Reconciler::new(Arc::new(plugin))
+        let r = Reconciler::new(Arc::new(plugin));
+        // As if dr-provision had been listed (and found empty): events fill it in.
+        r.learned.send_replace(true);
+        r
     }
 
     /// An engine that keeps its agents in memory and can be made to fail or to hold a
@@ -943,5 +971,28 @@ mod tests {
         r.idle().await;
         assert_eq!(engine.starts(), 1);
         assert_eq!(r.summary()["failing"], json!([]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_settled_before_dr_provision_was_listed() {
+        let engine = Arc::new(MemEngine::default());
+        let r = reconciler_with(Some(Arc::clone(&engine)));
+        r.apply(&event("contexts", "create", "c", context("c", "context-engines", "img:1"))).expect("ctx");
+        r.apply(&event("machines", "create", "m", json!({"Uuid": "m", "Context": "c"}))).expect("m");
+        r.mark("m".to_string());
+        r.idle().await;
+        assert_eq!(engine.names(), vec!["drp-c-m".to_string()]);
+        // A restarted plugin: the engine's listing (its event feed opening) comes first.
+        let r = reconciler_with(Some(Arc::clone(&engine)));
+        r.learned.send_replace(false);
+        r.relist(Arc::clone(&engine) as Arc<dyn Engine>);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(running(&r), vec!["drp-c-m".to_string()], "listed");
+        assert_eq!(engine.names(), vec!["drp-c-m".to_string()], "not stopped as unwanted while nothing is known");
+        r.apply(&event("contexts", "create", "c", context("c", "context-engines", "img:1"))).expect("ctx");
+        r.apply(&event("machines", "create", "m", json!({"Uuid": "m", "Context": "c"}))).expect("m");
+        r.learned.send_replace(true);
+        r.idle().await;
+        assert_eq!((engine.names(), engine.starts()), (vec!["drp-c-m".to_string()], 1), "kept, not restarted");
     }
 }
