@@ -41,11 +41,8 @@ fn bundled_engines() -> String {
 fn bundle(dir: &Path) -> Result<String, String> {
     let meta = read_yaml(&dir.join("meta.yaml"))?;
     let mut sections: BTreeMap<String, Mapping> = BTreeMap::new();
-    let mut kinds: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(|e| e.to_string())?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
+    let mut kinds: Vec<PathBuf> =
+        fs::read_dir(dir).map_err(|e| e.to_string())?.filter_map(|entry| entry.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
     kinds.sort();
     for kind_dir in kinds {
         println!("cargo:rerun-if-changed={}", kind_dir.display());
@@ -59,11 +56,7 @@ fn bundle(dir: &Path) -> Result<String, String> {
         for file in files {
             println!("cargo:rerun-if-changed={}", file.display());
             let object = read_yaml(&file)?;
-            let name = object
-                .get("Name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("{} has no Name", file.display()))?
-                .to_string();
+            let name = object.get("Name").and_then(Value::as_str).ok_or_else(|| format!("{} has no Name", file.display()))?.to_string();
             let section = sections.entry(kind.clone()).or_default();
             if section.insert(Value::String(name.clone()), object).is_some() {
                 return Err(format!("{kind}/{name} is defined twice"));

@@ -5,6 +5,9 @@
 # the run loudly; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Formatting first: it costs a second and names the file.
+cargo fmt --check
+(cd engines-wasm && cargo fmt --check)
 bash scripts/runtimes.sh
 bash scripts/fixtures.sh
 # The WASM engines first: the host embeds docker-api and null, the tests load them all.

@@ -104,11 +104,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(machine) = serde_json::from_value::<Machine>(action.model.clone())
         && let Some(context_name) = &context_name
     {
-        let context = Context {
-            name: context_name.clone(),
-            image: image_name.clone().unwrap_or_default(),
-            ..Context::default()
-        };
+        let context = Context { name: context_name.clone(), image: image_name.clone().unwrap_or_default(), ..Context::default() };
         let engine = agents::engine_for(&context, "docker");
         match agents::Agent::new(&machine.uuid, &context, &engine) {
             Ok(agent) => {

@@ -47,10 +47,9 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             let message = e.to_string();
             match &value {
-                Value::Object(_) => assert!(
-                    params::ALL.iter().any(|name| message.contains(name)),
-                    "a refused config names the param: {message}"
-                ),
+                Value::Object(_) => {
+                    assert!(params::ALL.iter().any(|name| message.contains(name)), "a refused config names the param: {message}")
+                }
                 _ => assert!(message.starts_with("params must be a JSON object"), "{message}"),
             }
         }

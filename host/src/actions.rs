@@ -8,12 +8,12 @@ use serde_json::{Map, Value, json};
 
 use crate::agents::{self, Agent, AgentError};
 use crate::api_error::ApiError;
+use crate::controller::reconciler::{AgentFailure, Reconciler};
 use crate::drp::{Context, Machine};
 use crate::engine::{Engine, EngineError};
 use crate::images::ImageError;
 use crate::params::{self, ParamError};
 use crate::plugin::Plugin;
-use crate::controller::reconciler::{AgentFailure, Reconciler};
 use crate::registry::UnknownEngine;
 
 /// The body of `/api-plugin/v4/action`.
@@ -89,29 +89,21 @@ async fn image_remove(plugin: &Plugin, params: &Map<String, Value>) -> Result<Va
 }
 
 fn machine_of(model: &Value) -> Result<Machine, ApiError> {
-    let machine: Machine = serde_json::from_value(model.clone())
-        .map_err(|e| ApiError::bad_request(format!("the action's Model is not a machine: {e}")))?;
+    let machine: Machine =
+        serde_json::from_value(model.clone()).map_err(|e| ApiError::bad_request(format!("the action's Model is not a machine: {e}")))?;
     if machine.uuid.is_empty() {
         return Err(ApiError::bad_request("the action's Model has no Uuid: machine actions need the machine object"));
     }
     Ok(machine)
 }
 
-async fn agent_start(
-    plugin: &Plugin,
-    reconciler: &Reconciler,
-    model: &Value,
-    params: &Map<String, Value>,
-) -> Result<Value, ApiError> {
+async fn agent_start(plugin: &Plugin, reconciler: &Reconciler, model: &Value, params: &Map<String, Value>) -> Result<Value, ApiError> {
     let machine = machine_of(model)?;
     let context_name = params::required_string(params, params::CONTEXT_NAME)?;
     let image = image_param(params)?;
     // The Context's Meta (engine, Imagepull, Checksum) applies when it is known; the
     // action's image wins, as dr-provision sends the one it wants.
-    let known = reconciler.context(&context_name).unwrap_or_else(|| Context {
-        name: context_name.clone(),
-        ..Context::default()
-    });
+    let known = reconciler.context(&context_name).unwrap_or_else(|| Context { name: context_name.clone(), ..Context::default() });
     let context = Context { image, ..known };
     let settings = plugin.settings();
     let engine_name = match params::optional_string(params, params::ENGINE)? {
@@ -122,10 +114,7 @@ async fn agent_start(
     // Outside the machine's own Context the agent is manual: the reconciler leaves it be
     // until agentStop, the machine's deletion, or the Context taking it over.
     let manual = machine.context != context_name;
-    let agent = Agent {
-        manual,
-        ..Agent::new(&machine.uuid, &context, &engine_name)?
-    };
+    let agent = Agent { manual, ..Agent::new(&machine.uuid, &context, &engine_name)? };
     let _machine = reconciler.lock_machine(&machine.uuid).await;
     let info = reconciler.start(&agent, &context).await?;
     Ok(json!({
@@ -139,12 +128,7 @@ async fn agent_start(
     }))
 }
 
-async fn agent_stop(
-    plugin: &Plugin,
-    reconciler: &Reconciler,
-    model: &Value,
-    params: &Map<String, Value>,
-) -> Result<Value, ApiError> {
+async fn agent_stop(plugin: &Plugin, reconciler: &Reconciler, model: &Value, params: &Map<String, Value>) -> Result<Value, ApiError> {
     let machine = machine_of(model)?;
     let context_name = params::required_string(params, params::CONTEXT_NAME)?;
     let name = agents::agent_name(&context_name, &machine.uuid)?;
@@ -156,11 +140,7 @@ async fn agent_stop(
             .into_iter()
             .find(|a| a.name == name)
             .map(|a| a.engine)
-            .or_else(|| {
-                reconciler
-                    .context(&context_name)
-                    .map(|c| agents::engine_for(&c, &plugin.settings().default_engine))
-            })
+            .or_else(|| reconciler.context(&context_name).map(|c| agents::engine_for(&c, &plugin.settings().default_engine)))
             .unwrap_or_else(|| plugin.settings().default_engine.clone()),
     };
     plugin.registry.get(&engine_name)?;

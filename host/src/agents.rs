@@ -20,7 +20,9 @@ pub const META_CHECKSUM: &str = "Checksum";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("cannot name an agent for context '{context}' and machine '{machine}': a container name allows only letters, digits, '_', '.' and '-'")]
+    #[error(
+        "cannot name an agent for context '{context}' and machine '{machine}': a container name allows only letters, digits, '_', '.' and '-'"
+    )]
     BadName { context: String, machine: String },
     #[error("context '{0}' has no Image")]
     NoImage(String),
@@ -109,10 +111,7 @@ pub fn agent_name(context: &str, machine: &str) -> Result<String, AgentError> {
     let name = format!("drp-{context}-{machine}");
     let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
     if context.is_empty() || !name.chars().all(valid) {
-        return Err(AgentError::BadName {
-            context: context.to_string(),
-            machine: machine.to_string(),
-        });
+        return Err(AgentError::BadName { context: context.to_string(), machine: machine.to_string() });
     }
     Ok(name)
 }
@@ -134,17 +133,11 @@ pub async fn start(
     if agent.image.is_empty() {
         return Err(AgentError::NoImage(agent.context.clone()));
     }
-    crate::images::check_reference(&agent.image).map_err(|why| AgentError::BadImage {
-        context: agent.context.clone(),
-        why,
-    })?;
+    crate::images::check_reference(&agent.image).map_err(|why| AgentError::BadImage { context: agent.context.clone(), why })?;
     let ensure = || async {
         ensure_image(plugin, &engine, &agent.image, context, first_of_context)
             .await
-            .map_err(|source| AgentError::Image {
-                image: agent.image.clone(),
-                source,
-            })
+            .map_err(|source| AgentError::Image { image: agent.image.clone(), source })
     };
     let token = async { Ok::<_, AgentError>(plugin.drp.machine_token(&agent.machine).await?) };
     // With Imagepull the image may have to be fetched again whether present or not, so

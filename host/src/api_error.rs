@@ -15,13 +15,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: u16, message: impl Into<String>) -> ApiError {
-        ApiError {
-            model: String::new(),
-            key: String::new(),
-            kind: "plugin".to_string(),
-            messages: vec![message.into()],
-            code,
-        }
+        ApiError { model: String::new(), key: String::new(), kind: "plugin".to_string(), messages: vec![message.into()], code }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {

@@ -65,9 +65,7 @@ fn each_readable<T: DeserializeOwned>(items: Vec<serde_json::Value>, what: &str,
         .into_iter()
         .filter_map(|item| {
             let name = item.get(key).map(|k| k.to_string()).unwrap_or_else(|| "?".to_string());
-            serde_json::from_value(item)
-                .map_err(|e| tracing::warn!("skipping {what} {key}={name}: it is not readable: {e}"))
-                .ok()
+            serde_json::from_value(item).map_err(|e| tracing::warn!("skipping {what} {key}={name}: it is not readable: {e}")).ok()
         })
         .collect()
 }
@@ -103,10 +101,7 @@ struct TokenReply {
 
 impl DrpClient {
     pub fn new(env: &Environment) -> Result<DrpClient, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .danger_accept_invalid_certs(true)
-            .timeout(REQUEST_TIMEOUT)
-            .build()?;
+        let http = reqwest::Client::builder().danger_accept_invalid_certs(true).timeout(REQUEST_TIMEOUT).build()?;
         Ok(DrpClient {
             http,
             endpoint: env.endpoint.clone(),
@@ -139,10 +134,7 @@ impl DrpClient {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let transport = |e: reqwest::Error| DrpError::Transport {
-            path: path.to_string(),
-            cause: e.without_url().to_string(),
-        };
+        let transport = |e: reqwest::Error| DrpError::Transport { path: path.to_string(), cause: e.without_url().to_string() };
         let response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
         let body = response.bytes().await.map_err(transport)?;
@@ -153,10 +145,7 @@ impl DrpClient {
                 body: String::from_utf8_lossy(&body).chars().take(300).collect(),
             });
         }
-        serde_json::from_slice(&body).map_err(|e| DrpError::Decode {
-            path: path.to_string(),
-            cause: e.to_string(),
-        })
+        serde_json::from_slice(&body).map_err(|e| DrpError::Decode { path: path.to_string(), cause: e.to_string() })
     }
 }
 
@@ -166,8 +155,7 @@ mod tests {
 
     #[test]
     fn machines_decode_with_missing_and_odd_fields() {
-        let m: Machine = serde_json::from_str(r#"{"Uuid":"u1","Meta":{"a":1,"BaseContext":"x","n":null}}"#)
-            .expect("lenient decode");
+        let m: Machine = serde_json::from_str(r#"{"Uuid":"u1","Meta":{"a":1,"BaseContext":"x","n":null}}"#).expect("lenient decode");
         assert_eq!(m.uuid, "u1");
         assert_eq!(m.context, "");
         assert_eq!(m.meta.get("a").map(String::as_str), Some("1"));

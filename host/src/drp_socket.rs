@@ -20,10 +20,7 @@ pub struct DrpSocket {
 
 impl DrpSocket {
     pub fn new(path: &Path) -> DrpSocket {
-        DrpSocket {
-            client: Client::unix(),
-            path: path.to_path_buf(),
-        }
+        DrpSocket { client: Client::unix(), path: path.to_path_buf() }
     }
 
     /// A `models.Event` as dr-provision's bus carries it.
@@ -58,11 +55,7 @@ impl DrpSocket {
             let status = response.status();
             // Drain so the connection can be reused.
             let _ = response.into_body().collect().await;
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(format!("HTTP {status}"))
-            }
+            if status.is_success() { Ok(()) } else { Err(format!("HTTP {status}")) }
         };
         tokio::time::timeout(REQUEST_TIMEOUT, send)
             .await

@@ -80,11 +80,7 @@ pub struct EngineInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("engine '{engine}' cannot reach its runtime at {address}: {cause}")]
-    Unreachable {
-        engine: String,
-        address: String,
-        cause: String,
-    },
+    Unreachable { engine: String, address: String, cause: String },
     #[error("engine '{engine}': no such image: {image}")]
     ImageMissing { engine: String, image: String },
     #[error("engine '{engine}' rejected the image archive: {cause}")]

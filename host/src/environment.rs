@@ -38,8 +38,6 @@ impl Environment {
     }
 
     pub fn default_engines_dir(&self) -> Option<PathBuf> {
-        self.webroot
-            .as_ref()
-            .map(|root| root.join("files/plugin_providers/context-engines/engines"))
+        self.webroot.as_ref().map(|root| root.join("files/plugin_providers/context-engines/engines"))
     }
 }

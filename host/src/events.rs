@@ -10,12 +10,12 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::plugin::Plugin;
 use crate::controller::reconciler::Reconciler;
+use crate::plugin::Plugin;
 use crate::tls;
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);

@@ -30,11 +30,7 @@ pub enum ImageError {
     #[error("reading image archive {path} failed: {cause}")]
     Read { path: String, cause: String },
     #[error("image archive {source_name} has sha256 {actual}, but the Context's Checksum is {expected}: rejected")]
-    ChecksumMismatch {
-        source_name: String,
-        expected: String,
-        actual: String,
-    },
+    ChecksumMismatch { source_name: String, expected: String, actual: String },
     #[error("Checksum '{0}' is not a sha256 (64 hex digits, optionally prefixed 'sha256:')")]
     BadChecksum(String),
     #[error(transparent)]
@@ -112,13 +108,7 @@ impl Images {
             .read_timeout(std::time::Duration::from_secs(120))
             .build()?;
         remove_leftover_spool(&spool_dir);
-        Ok(Images {
-            env,
-            http,
-            spool_dir,
-            in_flight: Mutex::new(HashMap::new()),
-            engine_turns: Mutex::new(HashMap::new()),
-        })
+        Ok(Images { env, http, spool_dir, in_flight: Mutex::new(HashMap::new()), engine_turns: Mutex::new(HashMap::new()) })
     }
 
     /// `context/image-path` → a source: an http(s) URL, or a path relative to the file
@@ -138,8 +128,7 @@ impl Images {
             Some(server) => Ok(ArchiveSource::Url(format!("{server}/{}", relative.display()))),
             None => Err(ImageError::BadPath {
                 path: image_path.to_string(),
-                why: "it is relative to the file server, but it is not under RS_WEBROOT and RS_FILESERVER is not set"
-                    .to_string(),
+                why: "it is relative to the file server, but it is not under RS_WEBROOT and RS_FILESERVER is not set".to_string(),
             }),
         }
     }
@@ -188,13 +177,7 @@ impl Images {
         merged.await.map_err(ImageError::Shared)
     }
 
-    async fn load_now(
-        &self,
-        engine: &dyn Engine,
-        image: &str,
-        source: &ArchiveSource,
-        checksum: Option<&str>,
-    ) -> Result<(), ImageError> {
+    async fn load_now(&self, engine: &dyn Engine, image: &str, source: &ArchiveSource, checksum: Option<&str>) -> Result<(), ImageError> {
         tracing::info!(engine = engine.name(), image, source = %source.describe(), "loading image archive");
         let expected = checksum.map(normalize_checksum).transpose()?;
         // A download, or an archive with a checksum, is spooled to disk first (hashed on
@@ -245,16 +228,8 @@ impl Images {
                 Ok(Box::pin(ReaderStream::new(file)))
             }
             ArchiveSource::Url(url) => {
-                let download = |cause: String| ImageError::Download {
-                    url: url.clone(),
-                    cause,
-                };
-                let response = self
-                    .http
-                    .get(url)
-                    .send()
-                    .await
-                    .map_err(|e| download(e.without_url().to_string()))?;
+                let download = |cause: String| ImageError::Download { url: url.clone(), cause };
+                let response = self.http.get(url).send().await.map_err(|e| download(e.without_url().to_string()))?;
                 if !response.status().is_success() {
                     return Err(download(format!("HTTP {}", response.status())));
                 }
@@ -268,9 +243,7 @@ impl Images {
     async fn spool(&self, source: &ArchiveSource, expected: Option<&str>) -> Result<PathBuf, ImageError> {
         static SPOOLED: AtomicU64 = AtomicU64::new(0);
         let mut raw = self.open(source).await?;
-        tokio::fs::create_dir_all(&self.spool_dir)
-            .await
-            .map_err(|e| read_error(&self.spool_dir, e))?;
+        tokio::fs::create_dir_all(&self.spool_dir).await.map_err(|e| read_error(&self.spool_dir, e))?;
         let n = SPOOLED.fetch_add(1, Ordering::Relaxed);
         let path = self.spool_dir.join(format!("archive-{}-{n}.tar", std::process::id()));
         let mut file = tokio::fs::File::create(&path).await.map_err(|e| read_error(&path, e))?;
@@ -291,31 +264,21 @@ impl Images {
         }
         copied?;
         if let Some(expected) = mismatch {
-            return Err(ImageError::ChecksumMismatch {
-                source_name: source.describe(),
-                expected: expected.to_string(),
-                actual,
-            });
+            return Err(ImageError::ChecksumMismatch { source_name: source.describe(), expected: expected.to_string(), actual });
         }
         Ok(path)
     }
 }
 
 fn read_error(path: &Path, e: std::io::Error) -> ImageError {
-    ImageError::Read {
-        path: path.display().to_string(),
-        cause: e.to_string(),
-    }
+    ImageError::Read { path: path.display().to_string(), cause: e.to_string() }
 }
 
 /// Gunzips on the fly when the stream starts with the gzip magic; Podman 4.3 refuses
 /// compressed archives, so engines always get a plain tar.
 pub async fn gunzip(raw: ArchiveStream) -> Result<ArchiveStream, ImageError> {
     let mut reader = BufReader::with_capacity(64 * 1024, StreamReader::new(raw));
-    let head = reader.fill_buf().await.map_err(|e| ImageError::Read {
-        path: "archive".to_string(),
-        cause: e.to_string(),
-    })?;
+    let head = reader.fill_buf().await.map_err(|e| ImageError::Read { path: "archive".to_string(), cause: e.to_string() })?;
     if head.starts_with(&[0x1f, 0x8b]) {
         let mut decoder = GzipDecoder::new(reader);
         decoder.multiple_members(true);
@@ -327,11 +290,7 @@ pub async fn gunzip(raw: ArchiveStream) -> Result<ArchiveStream, ImageError> {
 
 fn normalize_checksum(checksum: &str) -> Result<String, ImageError> {
     let hex = checksum.trim().trim_start_matches("sha256:").to_ascii_lowercase();
-    if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        Ok(hex)
-    } else {
-        Err(ImageError::BadChecksum(checksum.to_string()))
-    }
+    if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) { Ok(hex) } else { Err(ImageError::BadChecksum(checksum.to_string())) }
 }
 
 fn checksum_marker(hex: &str) -> String {
@@ -369,9 +328,9 @@ pub fn check_reference(image: &str) -> Result<(), String> {
         components.remove(0);
     }
     match components.iter().find(|c| !valid_component(c)) {
-        Some(component) => bad(format!(
-            "path component '{component}' must be lowercase letters and digits, joined by '.', '_', '__' or '-'"
-        )),
+        Some(component) => {
+            bad(format!("path component '{component}' must be lowercase letters and digits, joined by '.', '_', '__' or '-'"))
+        }
         None => Ok(()),
     }
 }
@@ -382,18 +341,14 @@ fn valid_component(component: &str) -> bool {
         return false;
     };
     // Separators between alphanumeric runs: '.', '_', '__', or any number of '-'.
-    let separators_ok = component
-        .split(alnum)
-        .filter(|run| !run.is_empty())
-        .all(|run| matches!(run, "." | "_" | "__") || run.chars().all(|c| c == '-'));
+    let separators_ok =
+        component.split(alnum).filter(|run| !run.is_empty()).all(|run| matches!(run, "." | "_" | "__") || run.chars().all(|c| c == '-'));
     alnum(first) && alnum(last) && separators_ok && component.chars().all(|c| alnum(c) || matches!(c, '.' | '_' | '-'))
 }
 
 fn valid_tag(tag: &str) -> bool {
     let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    tag.len() <= 128
-        && tag.chars().next().is_some_and(word)
-        && tag.chars().all(|c| word(c) || matches!(c, '.' | '-'))
+    tag.len() <= 128 && tag.chars().next().is_some_and(word) && tag.chars().all(|c| word(c) || matches!(c, '.' | '-'))
 }
 
 fn valid_host(host: &str) -> bool {
@@ -401,19 +356,15 @@ fn valid_host(host: &str) -> bool {
         Some((name, port)) => (name, Some(port)),
         None => (host, None),
     };
-    let label_ok = |l: &str| {
-        !l.is_empty() && !l.starts_with('-') && !l.ends_with('-') && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    };
+    let label_ok =
+        |l: &str| !l.is_empty() && !l.starts_with('-') && !l.ends_with('-') && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
     name.split('.').all(label_ok) && port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// A relative path with no `..`, no root and no empty remainder: `files/../../etc` must
 /// never leave the file server's root.
 fn checked_relative(image_path: &str) -> Result<PathBuf, ImageError> {
-    let bad = |why: &str| ImageError::BadPath {
-        path: image_path.to_string(),
-        why: why.to_string(),
-    };
+    let bad = |why: &str| ImageError::BadPath { path: image_path.to_string(), why: why.to_string() };
     let trimmed = image_path.trim_start_matches('/');
     if trimmed.is_empty() {
         return Err(bad("it is empty"));
@@ -437,10 +388,7 @@ fn inside_root(root: &Path, candidate: &Path, image_path: &str) -> Result<PathBu
     if resolved.starts_with(&root) {
         Ok(resolved)
     } else {
-        Err(ImageError::BadPath {
-            path: image_path.to_string(),
-            why: "it resolves outside RS_WEBROOT".to_string(),
-        })
+        Err(ImageError::BadPath { path: image_path.to_string(), why: "it resolves outside RS_WEBROOT".to_string() })
     }
 }
 
@@ -453,10 +401,7 @@ mod tests {
         for bad in ["files/../../etc/passwd", "..", "", "files/a/../../../x"] {
             assert!(checked_relative(bad).is_err(), "{bad} should be refused");
         }
-        assert_eq!(
-            checked_relative("files/contexts/x.tar").expect("plain path"),
-            PathBuf::from("files/contexts/x.tar")
-        );
+        assert_eq!(checked_relative("files/contexts/x.tar").expect("plain path"), PathBuf::from("files/contexts/x.tar"));
         assert_eq!(checked_relative("/files/./a").expect("leading slash"), PathBuf::from("files/a"));
     }
 
@@ -511,9 +456,8 @@ mod tests {
         encoder.shutdown().await.expect("finish");
         let gz = encoder.into_inner();
         for input in [gz, plain.clone()] {
-            let raw: ArchiveStream = Box::pin(futures_util::stream::iter(
-                input.chunks(7).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect::<Vec<_>>(),
-            ));
+            let raw: ArchiveStream =
+                Box::pin(futures_util::stream::iter(input.chunks(7).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect::<Vec<_>>()));
             let out: Vec<u8> = gunzip(raw)
                 .await
                 .expect("open")

@@ -4,6 +4,7 @@
 pub mod actions;
 pub mod agents;
 pub mod api_error;
+pub mod controller;
 pub mod drp;
 pub mod drp_socket;
 pub mod engine;
@@ -16,7 +17,6 @@ pub mod params;
 pub mod plugin;
 pub mod protocol;
 pub mod provider;
-pub mod controller;
 pub mod registry;
 pub mod tls;
 pub mod wasm;

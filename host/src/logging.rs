@@ -24,10 +24,7 @@ struct Forward {
     dropped: AtomicU64,
 }
 
-static FORWARD: Forward = Forward {
-    sender: OnceLock::new(),
-    dropped: AtomicU64::new(0),
-};
+static FORWARD: Forward = Forward { sender: OnceLock::new(), dropped: AtomicU64::new(0) };
 
 struct ForwardLayer;
 

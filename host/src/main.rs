@@ -1,7 +1,6 @@
 //! `context-engines`: a dr-provision plugin provider that keeps one agent per machine
 //! running wherever its Context says, through pluggable engines.
 
-
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,14 +47,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Define => print_json(&context_engines::provider::define()),
-        Command::Unpack { dir } => context_engines::provider::unpack(&dir).map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", dir.display())),
-        Command::Listen {
-            to_plugin_sock,
-            from_plugin_sock,
-        } => listen(to_plugin_sock, from_plugin_sock),
-        Command::Engines {
-            command: EnginesCommand::Check { file },
-        } => check_engine(&file),
+        Command::Unpack { dir } => {
+            context_engines::provider::unpack(&dir).map_err(|e| anyhow::anyhow!("unpacking into {}: {e}", dir.display()))
+        }
+        Command::Listen { to_plugin_sock, from_plugin_sock } => listen(to_plugin_sock, from_plugin_sock),
+        Command::Engines { command: EnginesCommand::Check { file } } => check_engine(&file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,9 +64,7 @@ fn main() -> ExitCode {
 
 fn check_engine(file: &std::path::Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let report = runtime
-        .block_on(context_engines::wasm::check::check(file))
-        .map_err(|e| anyhow::anyhow!("engines check: {e}"))?;
+    let report = runtime.block_on(context_engines::wasm::check::check(file)).map_err(|e| anyhow::anyhow!("engines check: {e}"))?;
     print!("{report}");
     Ok(())
 }
@@ -93,8 +87,8 @@ fn listen(to_plugin_sock: PathBuf, from_plugin_sock: PathBuf) -> anyhow::Result<
         let scratch_dir = std::env::current_dir()?;
         let plugin = Arc::new(Plugin::new(env, socket.clone(), settings, scratch_dir.clone())?);
         let service = Service::new(plugin, Some(scratch_dir.join("wasm-cache")));
-        let listener = context_engines::protocol::bind(&to_plugin_sock)
-            .map_err(|e| anyhow::anyhow!("binding {}: {e}", to_plugin_sock.display()))?;
+        let listener =
+            context_engines::protocol::bind(&to_plugin_sock).map_err(|e| anyhow::anyhow!("binding {}: {e}", to_plugin_sock.display()))?;
         let server = tokio::spawn(context_engines::protocol::serve(listener, Arc::clone(&service)));
         {
             let mut out = std::io::stdout().lock();
@@ -105,11 +99,7 @@ fn listen(to_plugin_sock: PathBuf, from_plugin_sock: PathBuf) -> anyhow::Result<
         wait_for_stop(&service).await;
         // Let the reply to /stop reach dr-provision before the socket goes away, and the
         // settles under way finish, so no start is cut between its create and its start.
-        let drained = tokio::join!(
-            tokio::time::sleep(Duration::from_millis(100)),
-            service.reconciler.drain(Duration::from_secs(10))
-        )
-        .1;
+        let drained = tokio::join!(tokio::time::sleep(Duration::from_millis(100)), service.reconciler.drain(Duration::from_secs(10))).1;
         if !drained {
             tracing::warn!("stopping with agent operations still under way after 10 s; the next start settles them");
         }

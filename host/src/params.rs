@@ -47,11 +47,7 @@ pub const ENGINE: &str = "context/engine";
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ParamError {
     #[error("param '{name}' must be {expected}, got {got}")]
-    WrongType {
-        name: String,
-        expected: &'static str,
-        got: String,
-    },
+    WrongType { name: String, expected: &'static str, got: String },
     #[error("param '{0}' is required")]
     Missing(String),
     #[error("param '{name}' is invalid: {why}")]
@@ -91,17 +87,12 @@ impl Settings {
             });
         }
         Ok(Settings {
-            plugin_name: optional_string(params, PLUGIN_NAME)?
-                .unwrap_or_else(|| "context-engines".to_string()),
-            default_engine: optional_string(params, DEFAULT_ENGINE)?
-                .unwrap_or_else(|| "docker".to_string()),
-            engines_dir: optional_string(params, ENGINES_DIR)?
-                .map(PathBuf::from)
-                .or_else(|| env.default_engines_dir()),
+            plugin_name: optional_string(params, PLUGIN_NAME)?.unwrap_or_else(|| "context-engines".to_string()),
+            default_engine: optional_string(params, DEFAULT_ENGINE)?.unwrap_or_else(|| "docker".to_string()),
+            engines_dir: optional_string(params, ENGINES_DIR)?.map(PathBuf::from).or_else(|| env.default_engines_dir()),
             endpoints,
             engine_config: engine_config(params)?,
-            agent_network: optional_string(params, AGENT_NETWORK)?
-                .unwrap_or_else(|| "host".to_string()),
+            agent_network: optional_string(params, AGENT_NETWORK)?.unwrap_or_else(|| "host".to_string()),
             drpcli: optional_string(params, DRPCLI)?.map(PathBuf::from),
             max_parallel: usize::try_from(max_parallel).unwrap_or(usize::MAX),
             wasm_deadline_ms: positive(params, WASM_DEADLINE_MS, 30_000)?,
@@ -152,11 +143,7 @@ fn positive(params: &Map<String, Value>, name: &str, default: u64) -> Result<u64
         None | Some(Value::Null) => Ok(default),
         Some(v) => match v.as_u64() {
             Some(n) if n >= 1 => Ok(n),
-            _ => Err(ParamError::WrongType {
-                name: name.to_string(),
-                expected: "a whole number of at least 1",
-                got: v.to_string(),
-            }),
+            _ => Err(ParamError::WrongType { name: name.to_string(), expected: "a whole number of at least 1", got: v.to_string() }),
         },
     }
 }
@@ -227,11 +214,7 @@ pub fn request_timeout(engine: &str, settings: &Map<String, Value>) -> Result<Op
 }
 
 fn wrong_type(name: &str, expected: &'static str, got: &Value) -> ParamError {
-    ParamError::WrongType {
-        name: name.to_string(),
-        expected,
-        got: type_name(got).to_string(),
-    }
+    ParamError::WrongType { name: name.to_string(), expected, got: type_name(got).to_string() }
 }
 
 pub fn type_name(value: &Value) -> &'static str {
@@ -269,10 +252,7 @@ mod tests {
         assert_eq!(s.max_parallel, 16);
         assert_eq!(s.resync_secs, 300);
         assert_eq!(Settings::from_params(&json!({ RESYNC_SECS: 0 }), &env()).map(|s| s.resync_secs), Ok(0));
-        assert_eq!(
-            s.engines_dir,
-            Some(PathBuf::from("/srv/tftpboot/files/plugin_providers/context-engines/engines"))
-        );
+        assert_eq!(s.engines_dir, Some(PathBuf::from("/srv/tftpboot/files/plugin_providers/context-engines/engines")));
     }
 
     #[test]

@@ -21,10 +21,10 @@ use tokio::sync::watch;
 
 use crate::actions::{self, Action};
 use crate::api_error::ApiError;
+use crate::controller::reconciler::Reconciler;
 use crate::events;
 use crate::params::Settings;
 use crate::plugin::Plugin;
-use crate::controller::reconciler::Reconciler;
 use crate::wasm::WasmRuntime;
 use crate::wasm::directory::EngineDirectory;
 
@@ -82,7 +82,10 @@ impl Service {
         let path = request.uri().path().to_string();
         let verb = path.strip_prefix("/api-plugin/v4/").unwrap_or("");
         if !matches!(verb, "config" | "action" | "stop" | "publish") {
-            return Err(ApiError::new(404, format!("no such endpoint {path}; this plugin serves /api-plugin/v4/{{config,action,stop,publish}}")));
+            return Err(ApiError::new(
+                404,
+                format!("no such endpoint {path}; this plugin serves /api-plugin/v4/{{config,action,stop,publish}}"),
+            ));
         }
         if request.method() != Method::POST {
             return Err(ApiError::new(405, format!("{path} takes POST, not {}", request.method())));
@@ -91,8 +94,8 @@ impl Service {
         match verb {
             "config" => self.config(&body).await.map(|()| json!({"Code": 200})),
             "action" => {
-                let action: Action = serde_json::from_value(body)
-                    .map_err(|e| ApiError::bad_request(format!("the body is not an Action: {e}")))?;
+                let action: Action =
+                    serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("the body is not an Action: {e}")))?;
                 actions::run(&self.plugin, &self.reconciler, action).await
             }
             "stop" => {
@@ -134,16 +137,10 @@ impl Service {
 }
 
 async fn json_body(request: Request<Incoming>) -> Result<Value, ApiError> {
-    let content_type = request
-        .headers()
-        .get(hyper::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type = request.headers().get(hyper::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let media_type = content_type.split(';').next().unwrap_or("").trim();
     if !media_type.eq_ignore_ascii_case("application/json") {
-        return Err(ApiError::bad_request(format!(
-            "Content-Type must be application/json, got '{content_type}'"
-        )));
+        return Err(ApiError::bad_request(format!("Content-Type must be application/json, got '{content_type}'")));
     }
     let body = read_capped(request.into_body()).await?;
     serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
@@ -176,9 +173,7 @@ fn reply(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     response
 }
 

@@ -26,48 +26,18 @@ struct Action {
 const ENGINE_ONLY: &[&str] = &[params::ENGINE];
 
 const ACTIONS: &[Action] = &[
-    Action {
-        command: "imageUpload",
-        model: "",
-        required_params: &[params::IMAGE_NAME, params::IMAGE_PATH],
-        optional_params: ENGINE_ONLY,
-    },
-    Action {
-        command: "imageExists",
-        model: "",
-        required_params: &[params::IMAGE_NAME],
-        optional_params: ENGINE_ONLY,
-    },
-    Action {
-        command: "imageRemove",
-        model: "",
-        required_params: &[params::IMAGE_NAME],
-        optional_params: ENGINE_ONLY,
-    },
+    Action { command: "imageUpload", model: "", required_params: &[params::IMAGE_NAME, params::IMAGE_PATH], optional_params: ENGINE_ONLY },
+    Action { command: "imageExists", model: "", required_params: &[params::IMAGE_NAME], optional_params: ENGINE_ONLY },
+    Action { command: "imageRemove", model: "", required_params: &[params::IMAGE_NAME], optional_params: ENGINE_ONLY },
     Action {
         command: "agentStart",
         model: "machines",
         required_params: &[params::IMAGE_NAME, params::CONTEXT_NAME],
         optional_params: ENGINE_ONLY,
     },
-    Action {
-        command: "agentStop",
-        model: "machines",
-        required_params: &[params::CONTEXT_NAME],
-        optional_params: ENGINE_ONLY,
-    },
-    Action {
-        command: "enginesList",
-        model: "",
-        required_params: &[],
-        optional_params: &[],
-    },
-    Action {
-        command: "agentStatus",
-        model: "",
-        required_params: &[],
-        optional_params: &[],
-    },
+    Action { command: "agentStop", model: "machines", required_params: &[params::CONTEXT_NAME], optional_params: ENGINE_ONLY },
+    Action { command: "enginesList", model: "", required_params: &[], optional_params: &[] },
+    Action { command: "agentStatus", model: "", required_params: &[], optional_params: &[] },
 ];
 
 const DOCUMENTATION: &str = "\

@@ -81,11 +81,7 @@ impl Registry {
         if let Some(why) = self.broken.read().unwrap_or_else(|p| p.into_inner()).get(name) {
             reason = format!(" (its file failed to load: {why})");
         }
-        Err(UnknownEngine {
-            name: name.to_string(),
-            reason,
-            known: self.names().join(", "),
-        })
+        Err(UnknownEngine { name: name.to_string(), reason, known: self.names().join(", ") })
     }
 
     /// Every engine that answers to a name, WASM first where both exist.

@@ -53,11 +53,7 @@ pub fn accept_any_client_config() -> Arc<rustls::ClientConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
-            .map(|b| {
-                b.dangerous()
-                    .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-                    .with_no_client_auth()
-            });
+            .map(|b| b.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny(provider))).with_no_client_auth());
         // The ring provider supports the default versions; failing here is a build bug.
         Arc::new(config.expect("ring supports TLS 1.2 and 1.3"))
     }))

@@ -29,11 +29,7 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn plugin_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CONTEXT_ENGINES_BIN") {
         let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "CONTEXT_ENGINES_BIN={} does not exist",
-            p.display()
-        );
+        assert!(p.is_file(), "CONTEXT_ENGINES_BIN={} does not exist", p.display());
         return p;
     }
     let exe = std::env::current_exe().expect("current_exe of the test binary");
@@ -69,21 +65,15 @@ impl Plugin {
 
     /// Like [`Plugin::spawn`] with an explicit executable (e.g. an older build
     /// for upgrade tests, or a stand-in for testing the harness itself).
-    pub async fn spawn_bin(
-        sim: &Sim,
-        bin: &Path,
-        extra_env: &[(&str, &str)],
-    ) -> anyhow::Result<Plugin> {
+    pub async fn spawn_bin(sim: &Sim, bin: &Path, extra_env: &[(&str, &str)]) -> anyhow::Result<Plugin> {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let to_sock = sim.scratch().join(format!("to-plugin-{n}.sock"));
         let workdir = sim.scratch().join(format!("plugin-{n}"));
-        std::fs::create_dir_all(&workdir)
-            .with_context(|| format!("creating {}", workdir.display()))?;
+        std::fs::create_dir_all(&workdir).with_context(|| format!("creating {}", workdir.display()))?;
 
-        let mut child = plugin_command(bin, sim, &to_sock, &workdir, extra_env)
-            .spawn()
-            .with_context(|| format!("spawning {}", bin.display()))?;
+        let mut child =
+            plugin_command(bin, sim, &to_sock, &workdir, extra_env).spawn().with_context(|| format!("spawning {}", bin.display()))?;
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -107,15 +97,9 @@ impl Plugin {
                 let status = plugin.wait_exit(Duration::from_secs(2)).await;
                 // Let the stderr pump drain the last lines, which usually say why.
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                bail!(
-                    "plugin closed stdout before READY! (exit: {status:?}); stderr:\n{}",
-                    plugin.stderr_text()
-                )
+                bail!("plugin closed stdout before READY! (exit: {status:?}); stderr:\n{}", plugin.stderr_text())
             }
-            Err(_) => bail!(
-                "plugin did not print READY! within {READY_TIMEOUT:?}; stderr:\n{}",
-                plugin.stderr_text()
-            ),
+            Err(_) => bail!("plugin did not print READY! within {READY_TIMEOUT:?}; stderr:\n{}", plugin.stderr_text()),
         }
     }
 
@@ -133,12 +117,7 @@ impl Plugin {
         self.post_json("/api-plugin/v4/config", &params).await
     }
 
-    pub async fn action(
-        &self,
-        model: Value,
-        command: &str,
-        params: Value,
-    ) -> anyhow::Result<(u16, Value)> {
+    pub async fn action(&self, model: Value, command: &str, params: Value) -> anyhow::Result<(u16, Value)> {
         let body = json!({
             "Model": model,
             "Plugin": "context-engines",
@@ -150,40 +129,22 @@ impl Plugin {
     }
 
     async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
-        let (status, raw) = self
-            .post_raw(
-                path,
-                Some("application/json"),
-                body.to_string().into_bytes(),
-            )
-            .await?;
-        let value = serde_json::from_slice(&raw).with_context(|| {
-            format!(
-                "POST {path}: status {status}, body is not JSON: {:?}",
-                String::from_utf8_lossy(&raw)
-            )
-        })?;
+        let (status, raw) = self.post_raw(path, Some("application/json"), body.to_string().into_bytes()).await?;
+        let value = serde_json::from_slice(&raw)
+            .with_context(|| format!("POST {path}: status {status}, body is not JSON: {:?}", String::from_utf8_lossy(&raw)))?;
         Ok((status, value))
     }
 
     /// POSTs arbitrary bytes, for malformed-input tests.
-    pub async fn post_raw(
-        &self,
-        path: &str,
-        content_type: Option<&str>,
-        body: Vec<u8>,
-    ) -> anyhow::Result<(u16, Vec<u8>)> {
+    pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: Vec<u8>) -> anyhow::Result<(u16, Vec<u8>)> {
         // hyperlocal::Uri::new panics on a bad path; check first.
-        path.parse::<hyper::Uri>()
-            .with_context(|| format!("bad request path {path:?}"))?;
+        path.parse::<hyper::Uri>().with_context(|| format!("bad request path {path:?}"))?;
         let uri: hyper::Uri = hyperlocal::Uri::new(&self.to_sock, path).into();
         let mut req = Request::builder().method(Method::POST).uri(uri);
         if let Some(ct) = content_type {
             req = req.header(header::CONTENT_TYPE, ct);
         }
-        let req = req
-            .body(Full::new(Bytes::from(body)))
-            .with_context(|| format!("building POST {path}"))?;
+        let req = req.body(Full::new(Bytes::from(body))).with_context(|| format!("building POST {path}"))?;
         let exchange = async {
             let resp = self.client.request(req).await?;
             let status = resp.status().as_u16();
@@ -199,22 +160,13 @@ impl Plugin {
 
     /// Asks the plugin to stop and waits for it to exit.
     pub async fn stop(mut self) -> anyhow::Result<ExitStatus> {
-        let (status, body) = self
-            .post_raw(
-                "/api-plugin/v4/stop",
-                Some("application/json"),
-                b"{}".to_vec(),
-            )
-            .await?;
+        let (status, body) = self.post_raw("/api-plugin/v4/stop", Some("application/json"), b"{}".to_vec()).await?;
         if status != 200 {
             bail!("stop answered {status}: {}", String::from_utf8_lossy(&body));
         }
         match self.wait_exit(EXIT_TIMEOUT).await {
             Some(exit) => Ok(exit),
-            None => bail!(
-                "plugin did not exit within {EXIT_TIMEOUT:?} after stop; stderr:\n{}",
-                self.stderr_text()
-            ),
+            None => bail!("plugin did not exit within {EXIT_TIMEOUT:?} after stop; stderr:\n{}", self.stderr_text()),
         }
     }
 
@@ -250,9 +202,7 @@ impl Plugin {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 
@@ -262,13 +212,7 @@ impl Drop for Plugin {
     }
 }
 
-fn plugin_command(
-    bin: &Path,
-    sim: &Sim,
-    to_sock: &Path,
-    workdir: &Path,
-    extra_env: &[(&str, &str)],
-) -> Command {
+fn plugin_command(bin: &Path, sim: &Sim, to_sock: &Path, workdir: &Path, extra_env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg("listen")
         .arg(to_sock)
@@ -292,12 +236,7 @@ fn plugin_command(
 /// thread, so capture continues even while no async task is polling.
 /// With `ready`, signals it on the exact line `READY!`; dropping it at EOF
 /// tells the waiter the process went away first.
-fn pump_lines(
-    pipe: impl Read + Send + 'static,
-    sink: Arc<Mutex<String>>,
-    prefix: &'static str,
-    ready: Option<oneshot::Sender<()>>,
-) {
+fn pump_lines(pipe: impl Read + Send + 'static, sink: Arc<Mutex<String>>, prefix: &'static str, ready: Option<oneshot::Sender<()>>) {
     std::thread::spawn(move || {
         let mut ready = ready;
         let mut reader = BufReader::new(pipe);

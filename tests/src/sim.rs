@@ -160,20 +160,13 @@ impl Sim {
         let scratch = root.join("scratch");
         std::fs::create_dir_all(webroot.join("files")).context("creating sim webroot")?;
         std::fs::create_dir_all(&scratch).context("creating sim scratch dir")?;
-        let webroot = webroot
-            .canonicalize()
-            .context("canonicalizing sim webroot")?;
+        let webroot = webroot.canonicalize().context("canonicalizing sim webroot")?;
         let plugin_sock = root.join("plugin.sock");
 
         let (cert_der, acceptor) = make_tls()?;
-        let api = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding sim API port")?;
-        let files = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding sim file port")?;
-        let unix = UnixListener::bind(&plugin_sock)
-            .with_context(|| format!("binding {}", plugin_sock.display()))?;
+        let api = TcpListener::bind("127.0.0.1:0").await.context("binding sim API port")?;
+        let files = TcpListener::bind("127.0.0.1:0").await.context("binding sim file port")?;
+        let unix = UnixListener::bind(&plugin_sock).with_context(|| format!("binding {}", plugin_sock.display()))?;
 
         let inner = Arc::new(Inner {
             state: Mutex::new(State::default()),
@@ -195,15 +188,8 @@ impl Sim {
             tokio::spawn(accept_files(files, inner.clone(), cancel.clone())),
             tokio::spawn(accept_plugin(unix, inner.clone(), cancel.clone())),
         ];
-        let guard = Guard {
-            cancel,
-            tasks,
-            root: root.to_path_buf(),
-        };
-        Ok(Sim {
-            inner,
-            _guard: Arc::new(guard),
-        })
+        let guard = Guard { cancel, tasks, root: root.to_path_buf() };
+        Ok(Sim { inner, _guard: Arc::new(guard) })
     }
 
     pub fn api_url(&self) -> String {
@@ -238,9 +224,7 @@ impl Sim {
     /// A client config (ring provider) that trusts exactly the sim's certificate.
     pub fn tls_client_config(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
         let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(self.cert_der())
-            .context("adding sim cert to root store")?;
+        roots.add(self.cert_der()).context("adding sim cert to root store")?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -252,8 +236,7 @@ impl Sim {
 
     pub fn put_machine(&self, machine: Value) {
         let uuid = required_key(&machine, "Uuid");
-        self.inner
-            .put("machines", uuid, machine, |s| &mut s.machines);
+        self.inner.put("machines", uuid, machine, |s| &mut s.machines);
     }
 
     pub fn delete_machine(&self, uuid: &str) {
@@ -346,12 +329,7 @@ impl Sim {
     }
 
     /// Polls `f` every 50ms until it yields a value or `timeout` passes.
-    pub async fn wait_for<T>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        mut f: impl FnMut() -> Option<T>,
-    ) -> anyhow::Result<T> {
+    pub async fn wait_for<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(v) = f() {
@@ -378,36 +356,14 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn put(
-        &self,
-        kind: &str,
-        key: String,
-        obj: Value,
-        table: impl FnOnce(&mut State) -> &mut BTreeMap<String, Value>,
-    ) {
+    fn put(&self, kind: &str, key: String, obj: Value, table: impl FnOnce(&mut State) -> &mut BTreeMap<String, Value>) {
         let mut st = self.state();
         let previous = table(&mut st).insert(key.clone(), obj.clone());
-        let action = if previous.is_some() {
-            "update"
-        } else {
-            "create"
-        };
-        emit(
-            &mut st,
-            kind,
-            action,
-            &key,
-            obj,
-            previous.unwrap_or(Value::Null),
-        );
+        let action = if previous.is_some() { "update" } else { "create" };
+        emit(&mut st, kind, action, &key, obj, previous.unwrap_or(Value::Null));
     }
 
-    fn delete(
-        &self,
-        kind: &str,
-        key: &str,
-        table: impl FnOnce(&mut State) -> &mut BTreeMap<String, Value>,
-    ) {
+    fn delete(&self, kind: &str, key: &str, table: impl FnOnce(&mut State) -> &mut BTreeMap<String, Value>) {
         let mut st = self.state();
         if let Some(last) = table(&mut st).remove(key) {
             emit(&mut st, kind, "delete", key, last, Value::Null);
@@ -424,9 +380,7 @@ impl Inner {
 
     fn authorized<B>(&self, req: &Request<B>) -> bool {
         let expected = format!("Bearer {}", self.token);
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .is_some_and(|v| v.as_bytes() == expected.as_bytes())
+        req.headers().get(header::AUTHORIZATION).is_some_and(|v| v.as_bytes() == expected.as_bytes())
     }
 }
 
@@ -442,12 +396,7 @@ fn emit(st: &mut State, kind: &str, action: &str, key: &str, object: Value, orig
         "Original": original,
     })
     .to_string();
-    let event = Arc::new(Event {
-        kind: kind.to_owned(),
-        action: action.to_owned(),
-        key: key.to_owned(),
-        json,
-    });
+    let event = Arc::new(Event { kind: kind.to_owned(), action: action.to_owned(), key: key.to_owned(), json });
     st.subscribers.retain(|s| s.send(Outgoing::Event(event.clone())).is_ok());
 }
 
@@ -455,15 +404,8 @@ fn emit(st: &mut State, kind: &str, action: &str, key: &str, object: Value, orig
 
 fn make_temp_root() -> anyhow::Result<PathBuf> {
     static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    let name = format!(
-        "ce-sim-{}-{}-{nanos:x}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    );
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    let name = format!("ce-sim-{}-{}-{nanos:x}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
     let root = std::env::temp_dir().join(name);
     std::fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
     Ok(root)
@@ -488,28 +430,17 @@ fn make_tls() -> anyhow::Result<(CertificateDer<'static>, TlsAcceptor)> {
 
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
-    rustls::crypto::ring::default_provider()
-        .secure_random
-        .fill(&mut buf)
-        .expect("sim: system RNG failed");
+    rustls::crypto::ring::default_provider().secure_random.fill(&mut buf).expect("sim: system RNG failed");
     hex::encode(buf)
 }
 
 /// RFC 3339 UTC timestamp, without pulling in a date crate.
 fn rfc3339_now() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs();
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        now.subsec_nanos()
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:09}Z", rem / 3600, rem % 3600 / 60, rem % 60, now.subsec_nanos())
 }
 
 /// Howard Hinnant's days-since-epoch → (year, month, day).
@@ -538,38 +469,27 @@ where
         let fut = handler(req);
         async move { Ok::<_, Infallible>(fut.await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(io), svc)
-        .with_upgrades();
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc).with_upgrades();
     tokio::select! {
         _ = conn => {}
         _ = cancel.cancelled() => {}
     }
 }
 
-async fn accept_api(
-    listener: TcpListener,
-    tls: TlsAcceptor,
-    inner: Arc<Inner>,
-    cancel: CancellationToken,
-) {
+async fn accept_api(listener: TcpListener, tls: TlsAcceptor, inner: Arc<Inner>, cancel: CancellationToken) {
     loop {
         let Some(tcp) = accept_tcp(&listener).await else {
             continue;
         };
         let (tls, inner, cancel) = (tls.clone(), inner.clone(), cancel.clone());
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await
-            {
+            let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return eprintln!("[sim] API TLS handshake failed: {e}"),
                 Err(_) => return eprintln!("[sim] API TLS handshake timed out"),
             };
             let c = cancel.clone();
-            serve_http(stream, c, move |req| {
-                api_service(inner.clone(), cancel.clone(), req)
-            })
-            .await;
+            serve_http(stream, c, move |req| api_service(inner.clone(), cancel.clone(), req)).await;
         });
     }
 }
@@ -580,9 +500,7 @@ async fn accept_files(listener: TcpListener, inner: Arc<Inner>, cancel: Cancella
             continue;
         };
         let inner = inner.clone();
-        tokio::spawn(serve_http(tcp, cancel.clone(), move |req| {
-            file_service(inner.clone(), req)
-        }));
+        tokio::spawn(serve_http(tcp, cancel.clone(), move |req| file_service(inner.clone(), req)));
     }
 }
 
@@ -597,9 +515,7 @@ async fn accept_plugin(listener: UnixListener, inner: Arc<Inner>, cancel: Cancel
             }
         };
         let inner = inner.clone();
-        tokio::spawn(serve_http(stream, cancel.clone(), move |req| {
-            plugin_service(inner.clone(), req)
-        }));
+        tokio::spawn(serve_http(stream, cancel.clone(), move |req| plugin_service(inner.clone(), req)));
     }
 }
 
@@ -618,11 +534,7 @@ async fn accept_tcp(listener: &TcpListener) -> Option<tokio::net::TcpStream> {
 // ---------------------------------------------------------------- responses
 
 fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut resp = Response::new(
-        Full::new(body.into())
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
+    let mut resp = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed_unsync());
     *resp.status_mut() = status;
     if let Ok(v) = HeaderValue::from_str(content_type) {
         resp.headers_mut().insert(header::CONTENT_TYPE, v);
@@ -649,22 +561,13 @@ fn error(status: StatusCode, model: &str, key: &str, message: &str) -> Response<
 async fn read_body(body: Incoming) -> Result<Bytes, Response<Body>> {
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "",
-            "",
-            &format!("reading body: {e}"),
-        )),
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, "", "", &format!("reading body: {e}"))),
     }
 }
 
 // ---------------------------------------------------------------- HTTPS API
 
-async fn api_service(
-    inner: Arc<Inner>,
-    cancel: CancellationToken,
-    req: Request<Incoming>,
-) -> Response<Body> {
+async fn api_service(inner: Arc<Inner>, cancel: CancellationToken, req: Request<Incoming>) -> Response<Body> {
     if req.uri().path() == "/api/v3/ws" {
         return ws_upgrade(inner, cancel, req);
     }
@@ -672,12 +575,7 @@ async fn api_service(
         return resp;
     }
     if !inner.authorized(&req) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "",
-            "",
-            "Unauthorized: missing or bad bearer token",
-        );
+        return error(StatusCode::UNAUTHORIZED, "", "", "Unauthorized: missing or bad bearer token");
     }
     let (parts, body) = req.into_parts();
     let body = match read_body(body).await {
@@ -686,12 +584,7 @@ async fn api_service(
     };
     inner.capture(&format!("API {} {}", parts.method, parts.uri), &body);
     if parts.method != Method::GET {
-        return error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "",
-            "",
-            "the sim only implements GET",
-        );
+        return error(StatusCode::METHOD_NOT_ALLOWED, "", "", "the sim only implements GET");
     }
     route_api(&inner, parts.uri.path())
 }
@@ -703,61 +596,33 @@ async fn api_fault(inner: &Inner) -> Option<Response<Body>> {
         Ok(f) => *f,
         Err(_) => ApiFault::None,
     };
-    (fault == ApiFault::Status500).then(|| {
-        error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "",
-            "",
-            "sim: injected fault",
-        )
-    })
+    (fault == ApiFault::Status500).then(|| error(StatusCode::INTERNAL_SERVER_ERROR, "", "", "sim: injected fault"))
 }
 
 fn route_api(inner: &Inner, path: &str) -> Response<Body> {
     let parts: Vec<&str> = path.trim_start_matches("/api/v3/").split('/').collect();
     let st = || inner.state();
     match parts.as_slice() {
-        ["machines"] => json_response(
-            StatusCode::OK,
-            &Value::Array(st().machines.values().cloned().collect()),
-        ),
-        ["contexts"] => json_response(
-            StatusCode::OK,
-            &Value::Array(st().contexts.values().cloned().collect()),
-        ),
+        ["machines"] => json_response(StatusCode::OK, &Value::Array(st().machines.values().cloned().collect())),
+        ["contexts"] => json_response(StatusCode::OK, &Value::Array(st().contexts.values().cloned().collect())),
         ["machines", uuid] => get_one(st().machines.get(*uuid).cloned(), "machines", uuid),
         ["contexts", name] => get_one(st().contexts.get(*name).cloned(), "contexts", name),
         ["machines", uuid, "token"] => machine_token(inner, uuid),
-        _ => error(
-            StatusCode::NOT_FOUND,
-            "",
-            "",
-            &format!("sim: no route for {path}"),
-        ),
+        _ => error(StatusCode::NOT_FOUND, "", "", &format!("sim: no route for {path}")),
     }
 }
 
 fn get_one(obj: Option<Value>, model: &str, key: &str) -> Response<Body> {
     match obj {
         Some(v) => json_response(StatusCode::OK, &v),
-        None => error(
-            StatusCode::NOT_FOUND,
-            model,
-            key,
-            &format!("Not Found: {model} {key}"),
-        ),
+        None => error(StatusCode::NOT_FOUND, model, key, &format!("Not Found: {model} {key}")),
     }
 }
 
 fn machine_token(inner: &Inner, uuid: &str) -> Response<Body> {
     let mut st = inner.state();
     if !st.machines.contains_key(uuid) {
-        return error(
-            StatusCode::NOT_FOUND,
-            "machines",
-            uuid,
-            &format!("Not Found: machines {uuid}"),
-        );
+        return error(StatusCode::NOT_FOUND, "machines", uuid, &format!("Not Found: machines {uuid}"));
     }
     let token = random_hex(24);
     st.issued_tokens.push((uuid.to_owned(), token.clone()));
@@ -766,42 +631,16 @@ fn machine_token(inner: &Inner, uuid: &str) -> Response<Body> {
 
 // ---------------------------------------------------------------- websocket
 
-fn ws_upgrade(
-    inner: Arc<Inner>,
-    cancel: CancellationToken,
-    mut req: Request<Incoming>,
-) -> Response<Body> {
+fn ws_upgrade(inner: Arc<Inner>, cancel: CancellationToken, mut req: Request<Incoming>) -> Response<Body> {
     if inner.refuse_ws.load(Ordering::SeqCst) {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "",
-            "",
-            "sim: websockets refused",
-        );
+        return error(StatusCode::SERVICE_UNAVAILABLE, "", "", "sim: websockets refused");
     }
     if !inner.authorized(&req) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "",
-            "",
-            "Unauthorized: missing or bad bearer token",
-        );
+        return error(StatusCode::UNAUTHORIZED, "", "", "Unauthorized: missing or bad bearer token");
     }
-    let is_ws = req
-        .headers()
-        .get(header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    let Some(key) = req
-        .headers()
-        .get(header::SEC_WEBSOCKET_KEY)
-        .filter(|_| is_ws)
-    else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "",
-            "",
-            "sim: expected a websocket upgrade",
-        );
+    let is_ws = req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).filter(|_| is_ws) else {
+        return error(StatusCode::BAD_REQUEST, "", "", "sim: expected a websocket upgrade");
     };
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -833,15 +672,8 @@ struct Topic {
 impl Topic {
     fn parse(s: &str) -> Option<Topic> {
         let mut it = s.trim().splitn(3, '.');
-        let part = |p: Option<&str>| {
-            p.filter(|p| !p.is_empty())
-                .map(|p| (p != "*").then(|| p.to_owned()))
-        };
-        Some(Topic {
-            kind: part(it.next())?,
-            action: part(it.next())?,
-            key: part(it.next())?,
-        })
+        let part = |p: Option<&str>| p.filter(|p| !p.is_empty()).map(|p| (p != "*").then(|| p.to_owned()));
+        Some(Topic { kind: part(it.next())?, action: part(it.next())?, key: part(it.next())? })
     }
 
     fn matches(&self, ev: &Event) -> bool {
@@ -924,21 +756,11 @@ async fn file_service(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Bod
         return agent_report(&inner, req.uri().query().unwrap_or(""));
     }
     if !path.starts_with("/files/") {
-        return error(
-            StatusCode::NOT_FOUND,
-            "",
-            "",
-            &format!("no such path {path}"),
-        );
+        return error(StatusCode::NOT_FOUND, "", "", &format!("no such path {path}"));
     }
     match resolve_file(&inner.webroot, path).await {
         Some(file) => serve_file(&file, head).await,
-        None => error(
-            StatusCode::NOT_FOUND,
-            "",
-            "",
-            &format!("no such file {path}"),
-        ),
+        None => error(StatusCode::NOT_FOUND, "", "", &format!("no such file {path}")),
     }
 }
 
@@ -973,9 +795,7 @@ fn agent_report(inner: &Inner, query: &str) -> Response<Body> {
 async fn resolve_file(webroot: &Path, url_path: &str) -> Option<PathBuf> {
     let mut candidate = webroot.to_path_buf();
     for raw in url_path.trim_start_matches('/').split('/') {
-        let seg = percent_encoding::percent_decode_str(raw)
-            .decode_utf8()
-            .ok()?;
+        let seg = percent_encoding::percent_decode_str(raw).decode_utf8().ok()?;
         let bad = seg.is_empty() || seg == "." || seg == ".." || seg.contains(['/', '\\', '\0']);
         if bad {
             return None;
@@ -995,18 +815,11 @@ async fn serve_file(path: &Path, head: bool) -> Response<Body> {
     let len = match file.metadata().await {
         Ok(m) => m.len(),
         Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "",
-                "",
-                &format!("stat: {e}"),
-            );
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "", "", &format!("stat: {e}"));
         }
     };
     let body: Body = if head {
-        Full::new(Bytes::new())
-            .map_err(|never| match never {})
-            .boxed_unsync()
+        Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync()
     } else {
         let stream = ReaderStream::with_capacity(file, 64 << 10).map_ok(Frame::data);
         StreamBody::new(stream).boxed_unsync()
@@ -1014,10 +827,7 @@ async fn serve_file(path: &Path, head: bool) -> Response<Body> {
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     resp
 }
 
@@ -1040,31 +850,17 @@ async fn plugin_service(inner: Arc<Inner>, req: Request<Incoming>) -> Response<B
             json_response(StatusCode::OK, &json!({}))
         }
         (&Method::GET, v) if v.starts_with("objects/") => json_response(StatusCode::OK, &json!([])),
-        _ => error(
-            StatusCode::NOT_FOUND,
-            "",
-            "",
-            &format!("sim: no plugin route {} {path}", parts.method),
-        ),
+        _ => error(StatusCode::NOT_FOUND, "", "", &format!("sim: no plugin route {} {path}", parts.method)),
     }
 }
 
-fn record_json(
-    inner: &Inner,
-    body: &[u8],
-    list: impl FnOnce(&mut State) -> &mut Vec<Value>,
-) -> Response<Body> {
+fn record_json(inner: &Inner, body: &[u8], list: impl FnOnce(&mut State) -> &mut Vec<Value>) -> Response<Body> {
     match serde_json::from_slice::<Value>(body) {
         Ok(v) => {
             list(&mut inner.state()).push(v);
             json_response(StatusCode::OK, &json!({}))
         }
-        Err(e) => error(
-            StatusCode::BAD_REQUEST,
-            "",
-            "",
-            &format!("body is not JSON: {e}"),
-        ),
+        Err(e) => error(StatusCode::BAD_REQUEST, "", "", &format!("body is not JSON: {e}")),
     }
 }
 
@@ -1078,31 +874,21 @@ mod tests {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
     async fn tls_stream(sim: &Sim) -> tokio_rustls::client::TlsStream<TcpStream> {
-        let tcp = TcpStream::connect(sim.inner.api_addr)
-            .await
-            .expect("connect API");
-        let connector =
-            tokio_rustls::TlsConnector::from(sim.tls_client_config().expect("tls config"));
+        let tcp = TcpStream::connect(sim.inner.api_addr).await.expect("connect API");
+        let connector = tokio_rustls::TlsConnector::from(sim.tls_client_config().expect("tls config"));
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("server name");
-        connector
-            .connect(name, tcp)
-            .await
-            .expect("TLS handshake with sim")
+        connector.connect(name, tcp).await.expect("TLS handshake with sim")
     }
 
     /// One request over a fresh connection, so a hanging request cannot block the next one.
     async fn api_get(sim: &Sim, path: &str, token: Option<&str>) -> (u16, Value) {
-        let (mut sender, conn) = http1::handshake(TokioIo::new(tls_stream(sim).await))
-            .await
-            .expect("handshake");
+        let (mut sender, conn) = http1::handshake(TokioIo::new(tls_stream(sim).await)).await.expect("handshake");
         tokio::spawn(conn);
         let mut req = Request::get(path).header(header::HOST, "127.0.0.1");
         if let Some(t) = token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        let req = req
-            .body(http_body_util::Empty::<Bytes>::new())
-            .expect("request");
+        let req = req.body(http_body_util::Empty::<Bytes>::new()).expect("request");
         let resp = sender.send_request(req).await.expect("send");
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await.expect("body").to_bytes();
@@ -1111,15 +897,9 @@ mod tests {
 
     async fn http_get(url: &str) -> (u16, Vec<u8>, Option<u64>) {
         let uri: hyper::Uri = url.parse().expect("uri");
-        let addr = format!(
-            "{}:{}",
-            uri.host().expect("host"),
-            uri.port_u16().expect("port")
-        );
+        let addr = format!("{}:{}", uri.host().expect("host"), uri.port_u16().expect("port"));
         let tcp = TcpStream::connect(addr).await.expect("connect");
-        let (mut sender, conn) = http1::handshake(TokioIo::new(tcp))
-            .await
-            .expect("handshake");
+        let (mut sender, conn) = http1::handshake(TokioIo::new(tcp)).await.expect("handshake");
         tokio::spawn(conn);
         let req = Request::get(uri.path_and_query().expect("path").as_str())
             .header(header::HOST, "127.0.0.1")
@@ -1127,10 +907,7 @@ mod tests {
             .expect("request");
         let resp = sender.send_request(req).await.expect("send");
         let status = resp.status().as_u16();
-        let len = resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let len = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         (status, body.to_vec(), len)
     }
@@ -1157,13 +934,7 @@ mod tests {
         assert_ne!(t1["Token"], t2["Token"]);
         let issued = sim.issued_tokens();
         assert_eq!(issued.len(), 2);
-        assert_eq!(
-            issued[0],
-            (
-                "m1".to_owned(),
-                t1["Token"].as_str().expect("token").to_owned()
-            )
-        );
+        assert_eq!(issued[0], ("m1".to_owned(), t1["Token"].as_str().expect("token").to_owned()));
         let (code, _) = api_get(&sim, "/api/v3/machines/nope/token?ttl=3y", Some(&tok)).await;
         assert_eq!(code, 404);
     }
@@ -1176,20 +947,12 @@ mod tests {
         assert_eq!(api_get(&sim, "/api/v3/machines", Some(&tok)).await.0, 500);
 
         sim.set_api_fault(ApiFault::Hang);
-        let hung = tokio::time::timeout(
-            Duration::from_millis(300),
-            api_get(&sim, "/api/v3/machines", Some(&tok)),
-        )
-        .await;
+        let hung = tokio::time::timeout(Duration::from_millis(300), api_get(&sim, "/api/v3/machines", Some(&tok))).await;
         assert!(hung.is_err(), "request should hang");
 
         let pending = tokio::spawn({
             let sim = sim.clone();
-            async move {
-                api_get(&sim, "/api/v3/machines", Some(&sim.token()))
-                    .await
-                    .0
-            }
+            async move { api_get(&sim, "/api/v3/machines", Some(&sim.token())).await.0 }
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
         sim.set_api_fault(ApiFault::None);
@@ -1197,23 +960,15 @@ mod tests {
     }
 
     async fn ws_connect(sim: &Sim) -> WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>> {
-        let mut req = format!("wss://127.0.0.1:{}/api/v3/ws", sim.inner.api_addr.port())
-            .into_client_request()
-            .expect("ws request");
+        let mut req = format!("wss://127.0.0.1:{}/api/v3/ws", sim.inner.api_addr.port()).into_client_request().expect("ws request");
         let auth = HeaderValue::from_str(&format!("Bearer {}", sim.token())).expect("header");
         req.headers_mut().insert(header::AUTHORIZATION, auth);
-        let (ws, _) = tokio_tungstenite::client_async(req, tls_stream(sim).await)
-            .await
-            .expect("ws handshake");
+        let (ws, _) = tokio_tungstenite::client_async(req, tls_stream(sim).await).await.expect("ws handshake");
         ws
     }
 
-    async fn next_event(
-        ws: &mut WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>,
-    ) -> Value {
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("event in time");
+    async fn next_event(ws: &mut WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>) -> Value {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("event in time");
         match msg {
             Some(Ok(Message::Text(t))) => serde_json::from_str(t.as_str()).expect("event JSON"),
             other => panic!("unexpected ws message {other:?}"),
@@ -1225,24 +980,15 @@ mod tests {
         let sim = Sim::start().await.expect("sim");
         let mut ws = ws_connect(&sim).await;
         ws.send(Message::text("hello there")).await.expect("send");
-        ws.send(Message::text("register machines.*.*"))
-            .await
-            .expect("send");
-        sim.wait_for("registration", Duration::from_secs(5), || {
-            (!sim.registrations().is_empty()).then_some(())
-        })
-        .await
-        .expect("registered");
+        ws.send(Message::text("register machines.*.*")).await.expect("send");
+        sim.wait_for("registration", Duration::from_secs(5), || (!sim.registrations().is_empty()).then_some(())).await.expect("registered");
         assert_eq!(sim.registrations(), vec!["machines.*.*".to_owned()]);
         assert_eq!(sim.ws_connects(), 1);
 
         sim.put_context(json!({"Name": "not-subscribed"}));
         sim.put_machine(json!({"Uuid": "m1", "Context": "a"}));
         let ev = next_event(&mut ws).await;
-        assert_eq!(
-            (ev["Type"].clone(), ev["Action"].clone(), ev["Key"].clone()),
-            (json!("machines"), json!("create"), json!("m1"))
-        );
+        assert_eq!((ev["Type"].clone(), ev["Action"].clone(), ev["Key"].clone()), (json!("machines"), json!("create"), json!("m1")));
         assert!(ev["Time"].as_str().expect("time").ends_with('Z'));
 
         sim.put_machine(json!({"Uuid": "m1", "Context": "b"}));
@@ -1253,25 +999,15 @@ mod tests {
 
         sim.delete_machine("m1");
         let ev = next_event(&mut ws).await;
-        assert_eq!(
-            (ev["Action"].clone(), ev["Object"]["Context"].clone()),
-            (json!("delete"), json!("b"))
-        );
+        assert_eq!((ev["Action"].clone(), ev["Object"]["Context"].clone()), (json!("delete"), json!("b")));
         assert!(sim.all_captured_text().contains("register machines.*.*"));
 
         sim.drop_websockets();
-        let end = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("closed in time");
-        assert!(
-            !matches!(end, Some(Ok(Message::Text(_)))),
-            "connection should end, got {end:?}"
-        );
+        let end = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("closed in time");
+        assert!(!matches!(end, Some(Ok(Message::Text(_)))), "connection should end, got {end:?}");
 
         sim.refuse_websockets(true);
-        let mut req = format!("wss://127.0.0.1:{}/api/v3/ws", sim.inner.api_addr.port())
-            .into_client_request()
-            .expect("ws request");
+        let mut req = format!("wss://127.0.0.1:{}/api/v3/ws", sim.inner.api_addr.port()).into_client_request().expect("ws request");
         let auth = HeaderValue::from_str(&format!("Bearer {}", sim.token())).expect("header");
         req.headers_mut().insert(header::AUTHORIZATION, auth);
         let refused = tokio_tungstenite::client_async(req, tls_stream(&sim).await).await;
@@ -1289,43 +1025,19 @@ mod tests {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(dir.join("img.tar"), &data).expect("write");
 
-        let (code, body, len) =
-            http_get(&format!("{}/files/contexts/img.tar", sim.file_url())).await;
+        let (code, body, len) = http_get(&format!("{}/files/contexts/img.tar", sim.file_url())).await;
         assert_eq!((code, len), (200, Some(data.len() as u64)));
         assert!(body == data, "file content differs");
-        assert_eq!(
-            http_get(&format!("{}/files/contexts/none", sim.file_url()))
-                .await
-                .0,
-            404
-        );
-        assert_eq!(
-            http_get(&format!("{}/files/../plugin.sock", sim.file_url()))
-                .await
-                .0,
-            404
-        );
-        assert_eq!(
-            http_get(&format!("{}/files/%2e%2e/plugin.sock", sim.file_url()))
-                .await
-                .0,
-            404
-        );
-        assert_eq!(
-            http_get(&format!("{}/files/contexts", sim.file_url()))
-                .await
-                .0,
-            404
-        );
+        assert_eq!(http_get(&format!("{}/files/contexts/none", sim.file_url())).await.0, 404);
+        assert_eq!(http_get(&format!("{}/files/../plugin.sock", sim.file_url())).await.0, 404);
+        assert_eq!(http_get(&format!("{}/files/%2e%2e/plugin.sock", sim.file_url())).await.0, 404);
+        assert_eq!(http_get(&format!("{}/files/contexts", sim.file_url())).await.0, 404);
 
         let q = "uuid=m1&context=c&token=t%2Bx&endpoints=https%3A%2F%2Fa+https%3A%2F%2Fb&args=x&path=%2Fbin";
         let (code, body, _) = http_get(&format!("{}/agent-report?{q}", sim.file_url())).await;
         assert_eq!((code, body.as_slice()), (200, b"ok".as_slice()));
         let r = &sim.agent_reports()[0];
-        assert_eq!(
-            (r.uuid.as_str(), r.token.as_str(), r.endpoints.as_str()),
-            ("m1", "t+x", "https://a https://b")
-        );
+        assert_eq!((r.uuid.as_str(), r.token.as_str(), r.endpoints.as_str()), ("m1", "t+x", "https://a https://b"));
         assert_eq!((r.path.as_str(), r.raw_query.as_str()), ("/bin", q));
     }
 
@@ -1333,33 +1045,16 @@ mod tests {
     async fn plugin_socket_records_and_teardown_removes_dirs() {
         use hyper_util::client::legacy::Client;
         let sim = Sim::start().await.expect("sim");
-        let client: Client<_, Full<Bytes>> =
-            Client::builder(hyper_util::rt::TokioExecutor::new()).build(hyperlocal::UnixConnector);
+        let client: Client<_, Full<Bytes>> = Client::builder(hyper_util::rt::TokioExecutor::new()).build(hyperlocal::UnixConnector);
         let post = |verb: &str, body: &'static str| {
-            let uri: hyper::Uri =
-                hyperlocal::Uri::new(sim.plugin_sock(), &format!("/api-server-plugin/v4/{verb}"))
-                    .into();
-            let req = Request::post(uri)
-                .body(Full::new(Bytes::from(body)))
-                .expect("request");
+            let uri: hyper::Uri = hyperlocal::Uri::new(sim.plugin_sock(), &format!("/api-server-plugin/v4/{verb}")).into();
+            let req = Request::post(uri).body(Full::new(Bytes::from(body))).expect("request");
             client.request(req)
         };
-        assert_eq!(
-            post("log", r#"{"Msg":"hi"}"#).await.expect("log").status(),
-            200
-        );
-        assert_eq!(
-            post("publish", r#"{"Type":"x"}"#)
-                .await
-                .expect("publish")
-                .status(),
-            200
-        );
+        assert_eq!(post("log", r#"{"Msg":"hi"}"#).await.expect("log").status(), 200);
+        assert_eq!(post("publish", r#"{"Type":"x"}"#).await.expect("publish").status(), 200);
         assert_eq!(post("leaving", "{}").await.expect("leaving").status(), 200);
-        assert_eq!(
-            post("log", "not json").await.expect("bad log").status(),
-            400
-        );
+        assert_eq!(post("log", "not json").await.expect("bad log").status(), 400);
         assert_eq!(sim.logs(), vec![json!({"Msg":"hi"})]);
         assert_eq!(sim.published(), vec![json!({"Type":"x"})]);
         assert_eq!(sim.leaving(), 1);

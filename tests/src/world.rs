@@ -26,32 +26,25 @@ pub const PODMAN_SOCK: &str = "unix:///run/podman/podman.sock";
 /// A fresh name part, unique within this test run and across runs.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or_default();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or_default();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}{:x}{:x}{n}", std::process::id(), nanos & 0xffff_ffff)
 }
 
 /// Where scripts/fixtures.sh put the test images and the test drpcli.
 pub fn fixtures() -> PathBuf {
-    let dir = std::env::var_os("CE_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures")
-    });
-    assert!(
-        dir.join("plain.tar").is_file(),
-        "test fixtures missing in {}: run scripts/fixtures.sh (scripts/test.sh does)",
-        dir.display()
-    );
+    let dir = std::env::var_os("CE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures"));
+    assert!(dir.join("plain.tar").is_file(), "test fixtures missing in {}: run scripts/fixtures.sh (scripts/test.sh does)", dir.display());
     dir
 }
 
 /// Where engines-wasm/build.sh put the WASM engines.
 pub fn wasm_engines() -> PathBuf {
-    let dir = std::env::var_os("CE_WASM_ENGINES").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../engines-wasm/target/engines")
-    });
+    let dir = std::env::var_os("CE_WASM_ENGINES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../engines-wasm/target/engines"));
     assert!(
         dir.join("docker-api.wasm").is_file(),
         "WASM engines missing in {}: run engines-wasm/build.sh (scripts/test.sh does)",
@@ -81,19 +74,25 @@ pub fn engine_under_test(id: &str) -> EngineUnderTest {
     match id {
         "docker" => EngineUnderTest { engine: "docker", runtime_sock: DOCKER_SOCK, wasm_file: None, config: json!({"host": DOCKER_SOCK}) },
         "podman" => EngineUnderTest { engine: "podman", runtime_sock: PODMAN_SOCK, wasm_file: None, config: json!({"host": PODMAN_SOCK}) },
-        "docker_api" => EngineUnderTest { engine: "docker-api", runtime_sock: DOCKER_SOCK, wasm_file: Some("docker-api.wasm"), config: docker_api(DOCKER_TCP) },
-        "docker_api_on_podman" => EngineUnderTest { engine: "docker-api", runtime_sock: PODMAN_SOCK, wasm_file: Some("docker-api.wasm"), config: docker_api(PODMAN_TCP) },
+        "docker_api" => EngineUnderTest {
+            engine: "docker-api",
+            runtime_sock: DOCKER_SOCK,
+            wasm_file: Some("docker-api.wasm"),
+            config: docker_api(DOCKER_TCP),
+        },
+        "docker_api_on_podman" => EngineUnderTest {
+            engine: "docker-api",
+            runtime_sock: PODMAN_SOCK,
+            wasm_file: Some("docker-api.wasm"),
+            config: docker_api(PODMAN_TCP),
+        },
         other => panic!("no engine under test called {other}"),
     }
 }
 
 pub async fn connect_runtime(host: &str) -> anyhow::Result<Docker> {
-    let docker = Docker::connect_with_unix(host, 120, bollard::API_DEFAULT_VERSION)
-        .with_context(|| format!("connecting to {host}"))?;
-    docker
-        .negotiate_version()
-        .await
-        .with_context(|| format!("{host} does not answer: start it with scripts/runtimes.sh"))
+    let docker = Docker::connect_with_unix(host, 120, bollard::API_DEFAULT_VERSION).with_context(|| format!("connecting to {host}"))?;
+    docker.negotiate_version().await.with_context(|| format!("{host} does not answer: start it with scripts/runtimes.sh"))
 }
 
 /// A container as the Engine API lists it. bollard's typed model is not used here:
@@ -158,15 +157,7 @@ impl World {
         for file in ["plain.tar", "plain.tar.gz", "baked.tar", "baked.tar.gz"] {
             crate::archive::copy_for_world(&fixtures.join(file), &served.join(file), &plugin_name)?;
         }
-        let mut world = World {
-            sim,
-            plugin: None,
-            plugin_name,
-            engine: under_test.engine.to_string(),
-            under_test,
-            runtime,
-            fixtures,
-        };
+        let mut world = World { sim, plugin: None, plugin_name, engine: under_test.engine.to_string(), under_test, runtime, fixtures };
         world.start_plugin().await?;
         Ok(world)
     }
@@ -275,12 +266,7 @@ impl World {
     }
 
     pub async fn running_agents(&self) -> anyhow::Result<Vec<ContainerSummary>> {
-        Ok(self
-            .agents()
-            .await?
-            .into_iter()
-            .filter(|c| c.state.as_ref().is_some_and(|s| s.to_string() == "running"))
-            .collect())
+        Ok(self.agents().await?.into_iter().filter(|c| c.state.as_ref().is_some_and(|s| s.to_string() == "running")).collect())
     }
 
     /// Waits until exactly `n` agents of this world exist and all of them run.
@@ -288,10 +274,7 @@ impl World {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let all = self.agents().await?;
-            let running = all
-                .iter()
-                .filter(|c| c.state.as_ref().is_some_and(|s| s.to_string() == "running"))
-                .count();
+            let running = all.iter().filter(|c| c.state.as_ref().is_some_and(|s| s.to_string() == "running")).count();
             if all.len() == n && running == n {
                 return Ok(all);
             }

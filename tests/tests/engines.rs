@@ -60,20 +60,14 @@ async fn agent_follows_the_machine_context(w: &mut World) -> anyhow::Result<()> 
     let name = agents[0].names.clone().unwrap_or_default().join(",");
     ensure!(name.contains(&format!("drp-ctx-{uuid}")), "agent name {name}");
     let labels = agents[0].labels.clone().unwrap_or_default();
-    for (key, want) in [
-        ("drp.machine", uuid.as_str()),
-        ("drp.context", "ctx"),
-        ("drp.plugin", w.plugin_name.as_str()),
-        ("drp.engine", w.engine.as_str()),
-    ] {
+    for (key, want) in
+        [("drp.machine", uuid.as_str()), ("drp.context", "ctx"), ("drp.plugin", w.plugin_name.as_str()), ("drp.engine", w.engine.as_str())]
+    {
         ensure!(labels.get(key).map(String::as_str) == Some(want), "label {key} = {:?}", labels.get(key));
     }
 
     // The agent itself reports the environment it was given.
-    let report = w
-        .sim
-        .wait_for("agent report", SETTLE, || w.sim.agent_reports().into_iter().find(|r| r.uuid == uuid))
-        .await?;
+    let report = w.sim.wait_for("agent report", SETTLE, || w.sim.agent_reports().into_iter().find(|r| r.uuid == uuid)).await?;
     let issued: Vec<String> = w.sim.issued_tokens().into_iter().filter(|(m, _)| *m == uuid).map(|(_, t)| t).collect();
     ensure!(issued.contains(&report.token), "agent token {} was not issued for {uuid}", report.token);
     ensure!(report.context == "ctx", "RS_CONTEXT {}", report.context);
@@ -139,31 +133,23 @@ async fn image_actions_load_check_and_remove(w: &mut World) -> anyhow::Result<()
 
 async fn bad_image_input_is_refused_and_plugin_keeps_serving(w: &mut World) -> anyhow::Result<()> {
     let image = w.image();
-    let cases = [
-        ("files/../../etc/passwd", 400, "'..'"),
-        ("files/fixtures/does-not-exist.tar", 502, "HTTP 404"),
-    ];
+    let cases = [("files/../../etc/passwd", 400, "'..'"), ("files/fixtures/does-not-exist.tar", 502, "HTTP 404")];
     for (path, code, says) in cases {
-        let (got, body) = w
-            .action("imageUpload", json!({"context/image-name": image, "context/image-path": path}))
-            .await?;
+        let (got, body) = w.action("imageUpload", json!({"context/image-name": image, "context/image-path": path})).await?;
         ensure!(got == code, "imageUpload {path}: expected {code}, got {got}: {body}");
         ensure_error_says(&body, says)?;
     }
     // A corrupt archive: the runtime's refusal comes back named.
     std::fs::write(w.sim.webroot().join("files/fixtures/corrupt.tar"), b"this is not a tar archive at all")?;
-    let (got, body) = w
-        .action("imageUpload", json!({"context/image-name": image, "context/image-path": "files/fixtures/corrupt.tar"}))
-        .await?;
+    let (got, body) =
+        w.action("imageUpload", json!({"context/image-name": image, "context/image-path": "files/fixtures/corrupt.tar"})).await?;
     ensure!(got >= 400, "corrupt archive accepted: {got} {body}");
     ensure_error_says(&body, &format!("engine '{}'", w.engine))?;
     // Missing params and unknown engines are named.
     let (got, body) = w.action("imageUpload", json!({"context/image-name": image})).await?;
     ensure!(got == 400, "missing path: {got}");
     ensure_error_says(&body, "context/image-path")?;
-    let (got, body) = w
-        .action("imageExists", json!({"context/image-name": image, "context/engine": "no-such-engine"}))
-        .await?;
+    let (got, body) = w.action("imageExists", json!({"context/image-name": image, "context/engine": "no-such-engine"})).await?;
     ensure!(got == 400, "unknown engine: {got}");
     ensure_error_says(&body, "no-such-engine")?;
     // Still serving.
@@ -194,10 +180,7 @@ async fn missing_image_is_loaded_from_the_file_server(w: &mut World) -> anyhow::
 
 async fn own_entrypoint_runs_without_drpcli(w: &mut World) -> anyhow::Result<()> {
     let mut params = w.params();
-    params
-        .as_object_mut()
-        .context("params object")?
-        .remove("context-engines/drpcli");
+    params.as_object_mut().context("params object")?.remove("context-engines/drpcli");
     let (code, body) = w.plugin().config(params).await?;
     ensure!(code == 200, "reconfigure: {code} {body}");
     let image = w.image();
@@ -206,10 +189,7 @@ async fn own_entrypoint_runs_without_drpcli(w: &mut World) -> anyhow::Result<()>
     let uuid = unique("m");
     w.sim.put_machine(World::machine(&uuid, "baked"));
     w.wait_agents(1, SETTLE).await?;
-    let report = w
-        .sim
-        .wait_for("agent report", SETTLE, || w.sim.agent_reports().into_iter().find(|r| r.uuid == uuid))
-        .await?;
+    let report = w.sim.wait_for("agent report", SETTLE, || w.sim.agent_reports().into_iter().find(|r| r.uuid == uuid)).await?;
     ensure!(report.args == "machines processjobs", "image entrypoint args {:?}", report.args);
     let agents = w.agents().await?;
     let id = agents[0].id.clone().context("container id")?;
@@ -245,10 +225,7 @@ async fn checksum_accepts_matching_and_rejects_other_archives(w: &mut World) -> 
     let failure = w
         .sim
         .wait_for("agent-failed event", SETTLE, || {
-            w.sim
-                .published()
-                .into_iter()
-                .find(|e| e["Action"] == "agent-failed" && e["Object"]["Machine"] == second.as_str())
+            w.sim.published().into_iter().find(|e| e["Action"] == "agent-failed" && e["Object"]["Machine"] == second.as_str())
         })
         .await?;
     let error = failure["Object"]["Error"].as_str().unwrap_or_default().to_string();
@@ -274,9 +251,7 @@ async fn restart_adopts_agents_and_removes_orphans(w: &mut World) -> anyhow::Res
     ensure!(w.running_agents().await?.len() == 2, "agents must survive the plugin stopping");
     let connects = w.sim.ws_connects();
     w.start_plugin().await?;
-    w.sim
-        .wait_for("plugin reconnect", SETTLE, || (w.sim.ws_connects() > connects).then_some(()))
-        .await?;
+    w.sim.wait_for("plugin reconnect", SETTLE, || (w.sim.ws_connects() > connects).then_some(())).await?;
     let after = w.wait_agents(1, SETTLE).await?;
     let kept_before = before
         .iter()
@@ -291,9 +266,7 @@ async fn missed_events_are_recovered_after_reconnect(w: &mut World) -> anyhow::R
     let image = w.image();
     w.upload("plain.tar", &image).await?;
     w.sim.put_context(w.context("ctx", &image));
-    w.sim
-        .wait_for("first connection", SETTLE, || (w.sim.ws_connects() >= 1).then_some(()))
-        .await?;
+    w.sim.wait_for("first connection", SETTLE, || (w.sim.ws_connects() >= 1).then_some(())).await?;
     let connects = w.sim.ws_connects();
     w.sim.refuse_websockets(true);
     w.sim.drop_websockets();
@@ -303,9 +276,7 @@ async fn missed_events_are_recovered_after_reconnect(w: &mut World) -> anyhow::R
     tokio::time::sleep(Duration::from_secs(2)).await;
     ensure!(w.agents().await?.is_empty(), "an agent started without the event reaching the plugin");
     w.sim.refuse_websockets(false);
-    w.sim
-        .wait_for("reconnect", SETTLE, || (w.sim.ws_connects() > connects).then_some(()))
-        .await?;
+    w.sim.wait_for("reconnect", SETTLE, || (w.sim.ws_connects() > connects).then_some(())).await?;
     w.wait_agents(1, SETTLE).await?;
     Ok(())
 }
@@ -322,9 +293,8 @@ async fn image_change_replaces_agents(w: &mut World) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + SETTLE;
     loop {
         let now = w.running_agents().await?;
-        let replaced = now.len() == 1
-            && now[0].id != before[0].id
-            && now[0].labels.as_ref().and_then(|l| l.get("drp.image")) == Some(&second);
+        let replaced =
+            now.len() == 1 && now[0].id != before[0].id && now[0].labels.as_ref().and_then(|l| l.get("drp.image")) == Some(&second);
         if replaced && w.agents().await?.len() == 1 {
             return Ok(());
         }
@@ -346,9 +316,7 @@ async fn start_from_a_missing_image_keeps_the_running_agent(w: &mut World) -> an
     // An image nobody loaded and the file server does not have: the start fails by
     // name, and the agent that runs is not touched on the way.
     let missing = format!("{}-missing", w.image());
-    let (code, body) = w
-        .machine_action(&machine, "agentStart", json!({"context/name": "ctx", "context/image-name": missing}))
-        .await?;
+    let (code, body) = w.machine_action(&machine, "agentStart", json!({"context/name": "ctx", "context/image-name": missing})).await?;
     ensure!(code >= 400, "agentStart from a missing image answered {code}: {body}");
     ensure_error_says(&body, &missing)?;
     let after = w.running_agents().await?;
@@ -378,7 +346,8 @@ async fn agent_actions_are_idempotent(w: &mut World) -> anyhow::Result<()> {
     w.wait_agents(0, Duration::from_secs(5)).await?;
     expect(w.machine_action(&machine, "agentStop", stop).await?, 200, json!(true))?;
     // A Model that is no machine is named as such.
-    let (code, body) = w.plugin().action(json!({"Name": "x"}), "agentStart", json!({"context/name": "manual", "context/image-name": image})).await?;
+    let (code, body) =
+        w.plugin().action(json!({"Name": "x"}), "agentStart", json!({"context/name": "manual", "context/image-name": image})).await?;
     ensure!(code == 400, "agentStart without a machine: {code}");
     ensure_error_says(&body, "Uuid")?;
     Ok(())

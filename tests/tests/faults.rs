@@ -95,10 +95,7 @@ where
         failures.push(format!("secrets: {e:#}"));
     }
     if !failures.is_empty() {
-        panic!(
-            "fault scenario '{scenario}' failed:\n{}\n--- plugin stderr (tail) ---\n{tail}",
-            failures.join("\n")
-        );
+        panic!("fault scenario '{scenario}' failed:\n{}\n--- plugin stderr (tail) ---\n{tail}", failures.join("\n"));
     }
 }
 
@@ -134,11 +131,7 @@ async fn check_secrets(f: &Fault) -> anyhow::Result<()> {
         let Some(id) = agent.id else { continue };
         let Ok(inspected) = runtime.inspect_container(&id, None).await else { continue };
         let env = inspected.config.and_then(|c| c.env).unwrap_or_default();
-        ensure!(
-            !env.iter().any(|e| e.contains(&sim.token())),
-            "agent {:?} was given RS_TOKEN in its environment",
-            agent.names
-        );
+        ensure!(!env.iter().any(|e| e.contains(&sim.token())), "agent {:?} was given RS_TOKEN in its environment", agent.names);
     }
     Ok(())
 }
@@ -160,9 +153,7 @@ async fn remove_agents(w: &World) {
 /// The world's agents, bounded in time: a runtime that stops answering fails the test
 /// instead of hanging it (the harness's listing has no timeout of its own).
 async fn agents(w: &World) -> anyhow::Result<Vec<ContainerSummary>> {
-    tokio::time::timeout(Duration::from_secs(60), w.agents())
-        .await
-        .context("listing the agents: the runtime did not answer within 60 s")?
+    tokio::time::timeout(Duration::from_secs(60), w.agents()).await.context("listing the agents: the runtime did not answer within 60 s")?
 }
 
 fn machine_of(c: &ContainerSummary) -> String {
@@ -214,7 +205,11 @@ async fn wait_exact(f: &Fault, want: &BTreeMap<String, String>, timeout: Duratio
         let agents = agents(&f.w).await?;
         let Some(problem) = mismatch(&agents, want) else { return Ok(agents) };
         if Instant::now() > deadline {
-            bail!("after {timeout:?}, the agents are not one per wanted machine ({} wanted, {} found): {problem}", want.len(), agents.len());
+            bail!(
+                "after {timeout:?}, the agents are not one per wanted machine ({} wanted, {} found): {problem}",
+                want.len(),
+                agents.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -249,17 +244,11 @@ fn in_context(machines: &[String], context: &str) -> BTreeMap<String, String> {
 }
 
 fn published(f: &Fault, action: &str, machine: &str) -> Vec<Value> {
-    f.w.sim
-        .published()
-        .into_iter()
-        .filter(|e| e["Action"] == action && e["Object"]["Machine"] == machine)
-        .collect()
+    f.w.sim.published().into_iter().filter(|e| e["Action"] == action && e["Object"]["Machine"] == machine).collect()
 }
 
 async fn wait_published(f: &Fault, action: &str, machine: &str, timeout: Duration) -> anyhow::Result<Value> {
-    f.w.sim
-        .wait_for(&format!("a published {action} for {machine}"), timeout, || published(f, action, machine).into_iter().next())
-        .await
+    f.w.sim.wait_for(&format!("a published {action} for {machine}"), timeout, || published(f, action, machine).into_iter().next()).await
 }
 
 /// A log line forwarded to dr-provision containing all of `needles`.
@@ -338,10 +327,7 @@ fn start_dockerd() -> anyhow::Result<()> {
     if dockerd_answers() {
         return Ok(());
     }
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("nohup dockerd >>/var/log/dockerd.log 2>&1 </dev/null &")
-        .status()?;
+    let status = std::process::Command::new("sh").arg("-c").arg("nohup dockerd >>/var/log/dockerd.log 2>&1 </dev/null &").status()?;
     ensure!(status.success(), "could not launch dockerd");
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     while !dockerd_answers() {
@@ -434,7 +420,10 @@ async fn docker_daemon_restart(f: &mut Fault) -> anyhow::Result<()> {
     ensure!(body["Messages"].to_string().contains("docker.sock"), "the 503 should name the socket: {body}");
     let (code, engines) = f.w.action("enginesList", json!({})).await?;
     let docker_row = engines.as_array().and_then(|r| r.iter().find(|e| e["name"] == "docker").cloned());
-    ensure!(code == 200 && docker_row.as_ref().is_some_and(|r| r["state"] != "ready"), "enginesList while dockerd is down: {code} {engines}");
+    ensure!(
+        code == 200 && docker_row.as_ref().is_some_and(|r| r["state"] != "ready"),
+        "enginesList while dockerd is down: {code} {engines}"
+    );
     // Removing an image from a runtime that cannot be asked is not "removed or absent".
     let mut problems = Vec::new();
     let (code, body) = f.w.action("imageRemove", json!({"context/image-name": image})).await?;
@@ -444,7 +433,10 @@ async fn docker_daemon_restart(f: &mut Fault) -> anyhow::Result<()> {
     // Retries are spaced out (1 s doubling), not a hot loop.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let failures = published(f, "agent-failed", &joining[0]).len();
-    ensure!((2..=6).contains(&failures), "{failures} agent-failed events for one machine in the first ~5 s of the outage: want retries with backoff");
+    ensure!(
+        (2..=6).contains(&failures),
+        "{failures} agent-failed events for one machine in the first ~5 s of the outage: want retries with backoff"
+    );
 
     let restarting = Instant::now();
     tokio::task::spawn_blocking(start_dockerd).await??;
@@ -502,9 +494,8 @@ async fn killed_mid_burst(f: &mut Fault) -> anyhow::Result<()> {
     f.kill_plugin();
     eprintln!("faults: SIGKILL after {:?} with {} agents", burst.elapsed(), at_kill.len());
     ensure!(at_kill.len() < N, "the burst was over before the kill; nothing was interrupted");
-    let running_at_kill: BTreeMap<String, String> = id_by_machine(
-        &at_kill.iter().filter(|c| c.state.as_deref() == Some("running")).cloned().collect::<Vec<_>>(),
-    );
+    let running_at_kill: BTreeMap<String, String> =
+        id_by_machine(&at_kill.iter().filter(|c| c.state.as_deref() == Some("running")).cloned().collect::<Vec<_>>());
 
     // While it is dead: machines with and without agents are deleted or leave the
     // context, and new ones join. None of these events reaches the plugin.
@@ -535,11 +526,8 @@ async fn killed_mid_burst(f: &mut Fault) -> anyhow::Result<()> {
     let after = id_by_machine(&wait_exact_and_stable(f, &want, Duration::from_secs(300)).await?);
     eprintln!("faults: {} agents converged {:?} after the restart", want.len(), restarted.elapsed());
     // Agents that ran before the kill and are still wanted were adopted, not restarted.
-    let replaced: Vec<&String> = running_at_kill
-        .iter()
-        .filter(|(m, id)| want.contains_key(*m) && after.get(*m) != Some(*id))
-        .map(|(m, _)| m)
-        .collect();
+    let replaced: Vec<&String> =
+        running_at_kill.iter().filter(|(m, id)| want.contains_key(*m) && after.get(*m) != Some(*id)).map(|(m, _)| m).collect();
     ensure!(replaced.is_empty(), "healthy agents were replaced by the restart: {replaced:?}");
     still_serving(f).await
 }
@@ -626,9 +614,7 @@ async fn api_hang(f: &mut Fault) -> anyhow::Result<()> {
     let connects = f.w.sim.ws_connects();
     f.w.sim.set_api_fault(ApiFault::Hang);
     f.w.sim.drop_websockets();
-    f.w.sim
-        .wait_for("the event stream to reconnect", SETTLE, || (f.w.sim.ws_connects() > connects).then_some(()))
-        .await?;
+    f.w.sim.wait_for("the event stream to reconnect", SETTLE, || (f.w.sim.ws_connects() > connects).then_some(())).await?;
     // The re-list after the reconnect hangs; meanwhile one machine leaves, one joins.
     let joins = unique("j");
     f.w.sim.delete_machine(&goes);
@@ -668,11 +654,8 @@ async fn raw_exchange(sock: &Path, request: Vec<u8>) -> anyhow::Result<(u16, Vec
     };
     let reply = tokio::time::timeout(Duration::from_secs(30), exchange).await.context("no answer within 30 s")??;
     let text = String::from_utf8_lossy(&reply);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("not an HTTP response: {text:.200}"))?;
+    let status =
+        text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).with_context(|| format!("not an HTTP response: {text:.200}"))?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.as_bytes().to_vec()).unwrap_or_default();
     Ok((status, body))
 }
@@ -769,7 +752,8 @@ async fn hostile_socket_requests(f: &mut Fault) -> anyhow::Result<()> {
         Err(e) => problems.push(format!("max-parallel 2^64-1 got no answer (the request handler died): {e:#}")),
     }
     // A JSON content type with parameters is still JSON.
-    match raw_exchange(&sock, http_request("POST", action, Some("application/json; charset=utf-8"), br#"{"Command":"enginesList"}"#)).await {
+    match raw_exchange(&sock, http_request("POST", action, Some("application/json; charset=utf-8"), br#"{"Command":"enginesList"}"#)).await
+    {
         Ok((200, _)) => {}
         other => problems.push(format!("Content-Type with charset: {other:?}")),
     }
@@ -797,7 +781,12 @@ async fn hostile_socket_requests(f: &mut Fault) -> anyhow::Result<()> {
         ("agentStart", good_machine.clone(), json!({"context/name": "ctx-é", "context/image-name": image}), "ctx-é"),
         ("agentStop", good_machine.clone(), json!({"context/name": "bad ctx"}), "bad ctx"),
         ("agentStart", good_machine.clone(), json!({"context/name": ["ctx"], "context/image-name": image}), "context/name"),
-        ("agentStart", good_machine.clone(), json!({"context/name": "ctx", "context/image-name": image, "context/engine": 7}), "context/engine"),
+        (
+            "agentStart",
+            good_machine.clone(),
+            json!({"context/name": "ctx", "context/image-name": image, "context/engine": 7}),
+            "context/engine",
+        ),
     ];
     for (command, model, params, says) in model_cases {
         let shown = format!("{command} Model={:.80} Params={:.80}", model.to_string(), params.to_string());
@@ -830,7 +819,9 @@ async fn hostile_socket_requests(f: &mut Fault) -> anyhow::Result<()> {
     // A client that sends half a request and stalls does not hold up anyone else.
     let mut stalled = tokio::net::UnixStream::connect(&sock).await?;
     stalled
-        .write_all(b"POST /api-plugin/v4/action HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"Comm")
+        .write_all(
+            b"POST /api-plugin/v4/action HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"Comm",
+        )
         .await?;
     // Many at once, good and bad mixed: every one answered, correctly.
     let plugin = f.w.plugin();
@@ -902,9 +893,13 @@ async fn hostile_image_paths(f: &mut Fault) -> anyhow::Result<()> {
     for (path, says) in cases {
         match f.w.action("imageUpload", json!({"context/image-name": image, "context/image-path": path})).await {
             Ok((code, body)) => {
-                let ok = (400..600).contains(&code) && is_error_json(&body) && says.is_none_or(|s| body["Messages"].to_string().contains(s));
+                let ok =
+                    (400..600).contains(&code) && is_error_json(&body) && says.is_none_or(|s| body["Messages"].to_string().contains(s));
                 if !ok {
-                    problems.push(format!("imageUpload {path:?}: expected an Error{}, got {code} {body}", says.map(|s| format!(" saying {s:?}")).unwrap_or_default()));
+                    problems.push(format!(
+                        "imageUpload {path:?}: expected an Error{}, got {code} {body}",
+                        says.map(|s| format!(" saying {s:?}")).unwrap_or_default()
+                    ));
                 }
             }
             Err(e) => problems.push(format!("imageUpload {path:?}: {e:#}")),
@@ -914,10 +909,8 @@ async fn hostile_image_paths(f: &mut Fault) -> anyhow::Result<()> {
     ensure!(code == 200 && body == json!(false), "an escaping path loaded the image: imageExists {code} {body}");
     // Image names a runtime rejects: an Error naming the engine, from a good archive.
     for bad in ["UPPER/Case:1", "with space:1", "x:tag:extra", "-leading:1", "a@sha256:zz", "../../x:1", ""] {
-        let (code, body) = f
-            .w
-            .action("imageUpload", json!({"context/image-name": bad, "context/image-path": "files/fixtures/plain.tar"}))
-            .await?;
+        let (code, body) =
+            f.w.action("imageUpload", json!({"context/image-name": bad, "context/image-path": "files/fixtures/plain.tar"})).await?;
         // Refused by the plugin's own reference check (naming the param) or by the
         // runtime (naming the engine); either way, named.
         let says = "context/image-name' or 'docker'";
@@ -1053,7 +1046,12 @@ async fn wrongly_typed_objects(f: &mut Fault) -> anyhow::Result<()> {
         Err(e) => problems.push(format!(
             "a good machine that came after the badly typed objects got no agent: {e:#}\n\
              (stderr says: {})",
-            f.stderr_all().lines().filter(|l| l.contains("full reconcile failed") || l.contains("unreadable")).take(3).collect::<Vec<_>>().join(" | ")
+            f.stderr_all()
+                .lines()
+                .filter(|l| l.contains("full reconcile failed") || l.contains("unreadable"))
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" | ")
         )),
     }
     // Each bad object is reported by its key.
@@ -1097,8 +1095,16 @@ async fn hostile_frames(f: &mut Fault) -> anyhow::Result<()> {
         ("no Key", Message::text(json!({"Type": "machines", "Action": "update", "Object": {"Uuid": first}}).to_string())),
         ("Type of the wrong JSON type", Message::text(json!({"Type": 7, "Action": "update", "Key": first}).to_string())),
         ("an unknown Type", Message::text(json!({"Type": "widgets", "Action": "create", "Key": "w", "Object": {}}).to_string())),
-        ("an unknown Action", Message::text(json!({"Type": "machines", "Action": "explode", "Key": first, "Object": {"Uuid": first, "Context": "ctx"}}).to_string())),
-        ("an unreadable Object", Message::text(json!({"Type": "machines", "Action": "update", "Key": first, "Object": "garbage"}).to_string())),
+        (
+            "an unknown Action",
+            Message::text(
+                json!({"Type": "machines", "Action": "explode", "Key": first, "Object": {"Uuid": first, "Context": "ctx"}}).to_string(),
+            ),
+        ),
+        (
+            "an unreadable Object",
+            Message::text(json!({"Type": "machines", "Action": "update", "Key": first, "Object": "garbage"}).to_string()),
+        ),
         ("JSON nested 100,000 deep", Message::text(format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)))),
         ("4 MiB of text", Message::text(format!("{{\"Type\":\"machines\",\"junk\":\"{}\"}}", "x".repeat(4 << 20)))),
         ("a binary frame", Message::binary((0..=255u8).cycle().take(70_000).collect::<Vec<u8>>())),
@@ -1174,7 +1180,10 @@ async fn hanging_runtime(f: &mut Fault) -> anyhow::Result<()> {
             Ok(Ok((code, body))) => {
                 let says = body["Messages"].to_string();
                 if code < 500 || !says.contains("'podman'") || !is_error_json(&body) {
-                    problems.push(format!("agentStart #{attempt} ({:?}): expected a 5xx Error naming 'podman', got {code} {body}", started.elapsed()));
+                    problems.push(format!(
+                        "agentStart #{attempt} ({:?}): expected a 5xx Error naming 'podman', got {code} {body}",
+                        started.elapsed()
+                    ));
                 }
             }
         }

@@ -50,10 +50,7 @@ async fn side_by_side(w: &mut World) -> anyhow::Result<()> {
     wait_count(PODMAN_SOCK, &label, 1).await?;
     wait_count(DOCKER_SOCK, &label, 1).await?;
     let on_podman = list_containers(PODMAN_SOCK, &label).await?;
-    ensure!(
-        on_podman[0].labels.as_ref().and_then(|l| l.get("drp.machine")) == Some(&a),
-        "the podman agent is not machine {a}'s"
-    );
+    ensure!(on_podman[0].labels.as_ref().and_then(|l| l.get("drp.machine")) == Some(&a), "the podman agent is not machine {a}'s");
     // Moving a machine between contexts moves its agent between runtimes.
     w.sim.put_machine(World::machine(&a, "on-default"));
     wait_count(PODMAN_SOCK, &label, 0).await?;

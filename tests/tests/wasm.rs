@@ -193,11 +193,8 @@ fn engines_check_reports_what_fits_and_what_does_not() {
     assert!(stdout.contains("describe: name=docker-api"), "{stdout}");
 
     // A component for another version of the package: refused, saying what it is.
-    let future = Command::new(plugin_bin())
-        .args(["engines", "check"])
-        .arg(wasm_engines().join("future.wasm"))
-        .output()
-        .expect("run engines check");
+    let future =
+        Command::new(plugin_bin()).args(["engines", "check"]).arg(wasm_engines().join("future.wasm")).output().expect("run engines check");
     let stderr = String::from_utf8_lossy(&future.stderr);
     assert!(!future.status.success(), "a component of engine@0.2.0 passed the check");
     assert!(stderr.contains("does not fit the world context-engines:engine/engine@0.1.0"), "{stderr}");
@@ -220,7 +217,11 @@ fn unpack_writes_the_bundled_engines() {
     for engine in ["docker-api", "null"] {
         let file = dir.join(format!("engines/{engine}.wasm"));
         let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        assert_eq!(bytes, std::fs::read(wasm_engines().join(format!("{engine}.wasm"))).expect("built engine"), "{engine} differs from the build");
+        assert_eq!(
+            bytes,
+            std::fs::read(wasm_engines().join(format!("{engine}.wasm"))).expect("built engine"),
+            "{engine} differs from the build"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

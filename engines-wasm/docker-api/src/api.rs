@@ -4,9 +4,7 @@
 use std::collections::BTreeMap;
 
 use context_engines_sdk::http::{encode, encode_path};
-use context_engines_sdk::{
-    AgentInfo, AgentSpec, DEFAULT_PATH, DRPCLI_ENTRYPOINT, DRPCLI_IN_AGENT, EngineError, Settings,
-};
+use context_engines_sdk::{AgentInfo, AgentSpec, DEFAULT_PATH, DRPCLI_ENTRYPOINT, DRPCLI_IN_AGENT, EngineError, Settings};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -27,30 +25,19 @@ pub struct Config {
 impl Config {
     /// Reads `base-url` (required) and `api-version` (default [`DEFAULT_API_VERSION`]).
     pub fn from_settings(settings: &Settings) -> Result<Config, EngineError> {
-        let raw = settings
-            .required_string("base-url", "\"http://127.0.0.1:2375\"")?
-            .trim();
-        let base_url =
-            normalize_base_url(raw).map_err(|problem| settings.error("base-url", &problem))?;
+        let raw = settings.required_string("base-url", "\"http://127.0.0.1:2375\"")?.trim();
+        let base_url = normalize_base_url(raw).map_err(|problem| settings.error("base-url", &problem))?;
         let api_version = match settings.get("api-version") {
             None => DEFAULT_API_VERSION.to_string(),
             Some(Value::String(s)) => s.trim().trim_start_matches(['v', 'V']).to_string(),
             Some(Value::Number(n)) => n.to_string(),
             Some(_) => return Err(settings.error("api-version", "must be a string like \"1.41\"")),
         };
-        let valid = api_version
-            .split_once('.')
-            .is_some_and(|(major, minor)| is_digits(major) && is_digits(minor));
+        let valid = api_version.split_once('.').is_some_and(|(major, minor)| is_digits(major) && is_digits(minor));
         if !valid {
-            return Err(settings.error(
-                "api-version",
-                &format!("is {api_version:?}, expected a version like \"1.41\""),
-            ));
+            return Err(settings.error("api-version", &format!("is {api_version:?}, expected a version like \"1.41\"")));
         }
-        Ok(Config {
-            base_url,
-            api_version,
-        })
+        Ok(Config { base_url, api_version })
     }
 
     /// The URL of API path `path` (which starts with `/`).
@@ -66,9 +53,7 @@ fn is_digits(s: &str) -> bool {
 /// `tcp://h:p` (Docker's own spelling) becomes `http://h:p`; a trailing `/` goes. Unix
 /// sockets are refused: a WebAssembly engine only has outgoing HTTP.
 fn normalize_base_url(raw: &str) -> Result<String, String> {
-    let (scheme, rest) = raw
-        .split_once("://")
-        .ok_or_else(|| format!("is {raw:?}, expected a URL like \"http://127.0.0.1:2375\""))?;
+    let (scheme, rest) = raw.split_once("://").ok_or_else(|| format!("is {raw:?}, expected a URL like \"http://127.0.0.1:2375\""))?;
     let scheme = match scheme.to_ascii_lowercase().as_str() {
         "http" | "tcp" => "http",
         "https" => "https",
@@ -78,9 +63,7 @@ fn normalize_base_url(raw: &str) -> Result<String, String> {
             ));
         }
         other => {
-            return Err(format!(
-                "is {raw:?}: scheme {other:?} is not http, https or tcp"
-            ));
+            return Err(format!("is {raw:?}: scheme {other:?} is not http, https or tcp"));
         }
     };
     let rest = rest.trim_end_matches('/');
@@ -96,9 +79,7 @@ fn normalize_base_url(raw: &str) -> Result<String, String> {
 
 /// Whether the reference names a registry (`quay.io/x`, `reg:5000/x`, `localhost/x`).
 pub fn has_registry(image: &str) -> bool {
-    image.split_once('/').is_some_and(|(first, _)| {
-        first.contains('.') || first.contains(':') || first == "localhost"
-    })
+    image.split_once('/').is_some_and(|(first, _)| first.contains('.') || first.contains(':') || first == "localhost")
 }
 
 /// The names under which the runtime may hold `image`: Podman stores a loaded or tagged
@@ -129,12 +110,7 @@ pub fn image_inspect_path(name: &str) -> String {
 /// `POST /images/{source}/tag?repo=…&tag=…`
 pub fn image_tag_path(source: &str, target: &str) -> String {
     let (repo, tag) = split_reference(target);
-    format!(
-        "/images/{}/tag?repo={}&tag={}",
-        encode_path(source),
-        encode(repo),
-        encode(tag)
-    )
+    format!("/images/{}/tag?repo={}&tag={}", encode_path(source), encode(repo), encode(tag))
 }
 
 /// `DELETE /images/{name}?force=1`
@@ -186,11 +162,7 @@ pub fn container_list_path(labels: &[(String, String)]) -> String {
 /// a default `PATH`.
 pub fn create_body(spec: &AgentSpec, image: &str) -> Value {
     let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let labels: Map<String, Value> = spec
-        .labels
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
+    let labels: Map<String, Value> = spec.labels.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     let mut host_config = Map::new();
     host_config.insert("NetworkMode".into(), Value::String(spec.network.clone()));
     let mut body = Map::new();
@@ -199,10 +171,7 @@ pub fn create_body(spec: &AgentSpec, image: &str) -> Value {
         if spec.env_var("PATH").is_none() {
             env.push(format!("PATH={DEFAULT_PATH}"));
         }
-        host_config.insert(
-            "Binds".into(),
-            json!([format!("{drpcli}:{DRPCLI_IN_AGENT}:ro")]),
-        );
+        host_config.insert("Binds".into(), json!([format!("{drpcli}:{DRPCLI_IN_AGENT}:ro")]));
         body.insert("Entrypoint".into(), json!(DRPCLI_ENTRYPOINT));
         body.insert("Cmd".into(), json!([]));
     }
@@ -251,12 +220,7 @@ impl ContainerInspect {
             name: name.to_string(),
             id: self.id,
             running: self.state.and_then(|s| s.running).unwrap_or(false),
-            labels: self
-                .config
-                .and_then(|c| c.labels)
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
+            labels: self.config.and_then(|c| c.labels).unwrap_or_default().into_iter().collect(),
         }
     }
 }
@@ -287,11 +251,7 @@ impl ContainerSummary {
     /// The agent this entry is.
     pub fn into_agent(self) -> AgentInfo {
         AgentInfo {
-            name: self
-                .names
-                .and_then(|n| n.into_iter().next())
-                .map(|n| n.trim_start_matches('/').to_string())
-                .unwrap_or_default(),
+            name: self.names.and_then(|n| n.into_iter().next()).map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default(),
             id: self.id,
             running: self.state.as_deref() == Some("running"),
             labels: self.labels.unwrap_or_default().into_iter().collect(),
@@ -321,26 +281,19 @@ pub fn parse_load_output(body: &[u8]) -> LoadOutcome {
     for message in messages.by_ref() {
         let Ok(message) = message else { break };
         parsed_any = true;
-        let error = message
-            .pointer("/errorDetail/message")
-            .and_then(Value::as_str)
-            .or_else(|| message.get("error").and_then(Value::as_str));
+        let error =
+            message.pointer("/errorDetail/message").and_then(Value::as_str).or_else(|| message.get("error").and_then(Value::as_str));
         if let Some(error) = error.filter(|e| !e.is_empty()) {
             return LoadOutcome::Error(error.trim().to_string());
         }
-        let said = message
-            .get("stream")
-            .and_then(Value::as_str)
-            .or_else(|| message.get("status").and_then(Value::as_str))
-            .unwrap_or_default();
+        let said =
+            message.get("stream").and_then(Value::as_str).or_else(|| message.get("status").and_then(Value::as_str)).unwrap_or_default();
         if loaded.is_none() {
             loaded = loaded_reference(said);
         }
     }
     if !parsed_any {
-        loaded = String::from_utf8_lossy(body)
-            .lines()
-            .find_map(loaded_reference);
+        loaded = String::from_utf8_lossy(body).lines().find_map(loaded_reference);
     }
     loaded.map_or(LoadOutcome::Nothing, LoadOutcome::Loaded)
 }
@@ -350,19 +303,13 @@ pub fn parse_load_output(body: &[u8]) -> LoadOutcome {
 pub fn loaded_reference(line: &str) -> Option<String> {
     let rest = line.trim().strip_prefix("Loaded image")?;
     let (_, names) = rest.split_once(':')?;
-    names
-        .split(',')
-        .map(str::trim)
-        .find(|s| !s.is_empty())
-        .map(str::to_string)
+    names.split(',').map(str::trim).find(|s| !s.is_empty()).map(str::to_string)
 }
 
 /// The daemon's explanation in an error response: its JSON `message` (Docker and Podman
 /// both send one), else the body as text, shortened.
 pub fn error_message(body: &[u8]) -> String {
-    let from_json = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string));
+    let from_json = serde_json::from_slice::<Value>(body).ok().and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string));
     let text = from_json.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
     let text = text.trim();
     const MAX: usize = 500;
@@ -392,53 +339,18 @@ mod tests {
 
     #[test]
     fn settings_need_a_tcp_base_url_and_default_the_api_version() {
-        let c = Config::from_settings(&settings(
-            r#"{"base-url":"http://127.0.0.1:2375/","allowed-hosts":["127.0.0.1:2375"]}"#,
-        ))
-        .unwrap();
-        assert_eq!(
-            c,
-            Config {
-                base_url: "http://127.0.0.1:2375".into(),
-                api_version: "1.41".into()
-            }
-        );
-        assert_eq!(
-            c.url("/images/json"),
-            "http://127.0.0.1:2375/v1.41/images/json"
-        );
-        let c = Config::from_settings(&settings(
-            r#"{"base-url":"tcp://h:2376","api-version":"v1.43"}"#,
-        ))
-        .unwrap();
-        assert_eq!(
-            c,
-            Config {
-                base_url: "http://h:2376".into(),
-                api_version: "1.43".into()
-            }
-        );
+        let c = Config::from_settings(&settings(r#"{"base-url":"http://127.0.0.1:2375/","allowed-hosts":["127.0.0.1:2375"]}"#)).unwrap();
+        assert_eq!(c, Config { base_url: "http://127.0.0.1:2375".into(), api_version: "1.41".into() });
+        assert_eq!(c.url("/images/json"), "http://127.0.0.1:2375/v1.41/images/json");
+        let c = Config::from_settings(&settings(r#"{"base-url":"tcp://h:2376","api-version":"v1.43"}"#)).unwrap();
+        assert_eq!(c, Config { base_url: "http://h:2376".into(), api_version: "1.43".into() });
 
         let missing = Config::from_settings(&settings("{}")).unwrap_err();
-        assert!(
-            matches!(&missing, EngineError::BadConfig(m) if m.contains("`base-url` is missing")),
-            "{missing}"
-        );
-        let unix =
-            Config::from_settings(&settings(r#"{"base-url":"unix:///var/run/docker.sock"}"#))
-                .unwrap_err();
-        assert!(
-            matches!(&unix, EngineError::BadConfig(m) if m.contains("TCP only")),
-            "{unix}"
-        );
-        let version = Config::from_settings(&settings(
-            r#"{"base-url":"http://h:1","api-version":"latest"}"#,
-        ))
-        .unwrap_err();
-        assert!(
-            matches!(&version, EngineError::BadConfig(m) if m.contains("`api-version`")),
-            "{version}"
-        );
+        assert!(matches!(&missing, EngineError::BadConfig(m) if m.contains("`base-url` is missing")), "{missing}");
+        let unix = Config::from_settings(&settings(r#"{"base-url":"unix:///var/run/docker.sock"}"#)).unwrap_err();
+        assert!(matches!(&unix, EngineError::BadConfig(m) if m.contains("TCP only")), "{unix}");
+        let version = Config::from_settings(&settings(r#"{"base-url":"http://h:1","api-version":"latest"}"#)).unwrap_err();
+        assert!(matches!(&version, EngineError::BadConfig(m) if m.contains("`api-version`")), "{version}");
         assert!(Config::from_settings(&settings(r#"{"base-url":"127.0.0.1:2375"}"#)).is_err());
     }
 
@@ -448,72 +360,36 @@ mod tests {
         assert_eq!(split_reference("foo/bar"), ("foo/bar", "latest"));
         assert_eq!(split_reference("reg:5000/foo"), ("reg:5000/foo", "latest"));
         assert_eq!(split_reference("reg:5000/foo:2"), ("reg:5000/foo", "2"));
-        assert_eq!(
-            image_tag_path("sha256:abc", "reg:5000/foo:2"),
-            "/images/sha256:abc/tag?repo=reg%3A5000%2Ffoo&tag=2"
-        );
+        assert_eq!(image_tag_path("sha256:abc", "reg:5000/foo:2"), "/images/sha256:abc/tag?repo=reg%3A5000%2Ffoo&tag=2");
     }
 
     #[test]
     fn short_names_are_also_looked_for_under_localhost() {
-        assert_eq!(
-            candidates("foo/bar:1"),
-            ["foo/bar:1", "localhost/foo/bar:1"]
-        );
+        assert_eq!(candidates("foo/bar:1"), ["foo/bar:1", "localhost/foo/bar:1"]);
         assert_eq!(candidates("alpine"), ["alpine", "localhost/alpine"]);
         assert_eq!(candidates("quay.io/x:1"), ["quay.io/x:1"]);
         assert_eq!(candidates("localhost/x:1"), ["localhost/x:1"]);
         assert_eq!(candidates("sha256:abc"), ["sha256:abc"]);
-        assert_eq!(
-            image_inspect_path("localhost/foo/bar:1"),
-            "/images/localhost/foo/bar:1/json"
-        );
+        assert_eq!(image_inspect_path("localhost/foo/bar:1"), "/images/localhost/foo/bar:1/json");
     }
 
     #[test]
     fn load_reports_are_parsed_for_docker_and_podman() {
-        assert_eq!(
-            loaded_reference("Loaded image: foo:1\n").as_deref(),
-            Some("foo:1")
-        );
-        assert_eq!(
-            loaded_reference("Loaded image ID: sha256:abc\n").as_deref(),
-            Some("sha256:abc")
-        );
-        assert_eq!(
-            loaded_reference("Loaded image(s): localhost/foo:1,localhost/bar:2").as_deref(),
-            Some("localhost/foo:1")
-        );
+        assert_eq!(loaded_reference("Loaded image: foo:1\n").as_deref(), Some("foo:1"));
+        assert_eq!(loaded_reference("Loaded image ID: sha256:abc\n").as_deref(), Some("sha256:abc"));
+        assert_eq!(loaded_reference("Loaded image(s): localhost/foo:1,localhost/bar:2").as_deref(), Some("localhost/foo:1"));
         assert_eq!(loaded_reference("Loading layer 1/3"), None);
 
         let docker = b"{\"stream\":\"Loaded image: foo:1\\n\"}\r\n";
-        assert_eq!(
-            parse_load_output(docker),
-            LoadOutcome::Loaded("foo:1".into())
-        );
+        assert_eq!(parse_load_output(docker), LoadOutcome::Loaded("foo:1".into()));
         let podman = br#"{"stream":"Loaded image: localhost/foo:1,localhost/foo:2"}"#;
-        assert_eq!(
-            parse_load_output(podman),
-            LoadOutcome::Loaded("localhost/foo:1".into())
-        );
+        assert_eq!(parse_load_output(podman), LoadOutcome::Loaded("localhost/foo:1".into()));
         let by_id = b"{\"stream\":\"Loaded image ID: sha256:abc\\n\"}\n{\"stream\":\"Loaded image ID: sha256:def\\n\"}\n";
-        assert_eq!(
-            parse_load_output(by_id),
-            LoadOutcome::Loaded("sha256:abc".into())
-        );
+        assert_eq!(parse_load_output(by_id), LoadOutcome::Loaded("sha256:abc".into()));
         let failed = br#"{"errorDetail":{"message":"unexpected EOF"},"error":"unexpected EOF"}"#;
-        assert_eq!(
-            parse_load_output(failed),
-            LoadOutcome::Error("unexpected EOF".into())
-        );
-        assert_eq!(
-            parse_load_output(br#"{"error":"bad"}"#),
-            LoadOutcome::Error("bad".into())
-        );
-        assert_eq!(
-            parse_load_output(b"Loaded image: plain:1\n"),
-            LoadOutcome::Loaded("plain:1".into())
-        );
+        assert_eq!(parse_load_output(failed), LoadOutcome::Error("unexpected EOF".into()));
+        assert_eq!(parse_load_output(br#"{"error":"bad"}"#), LoadOutcome::Error("bad".into()));
+        assert_eq!(parse_load_output(b"Loaded image: plain:1\n"), LoadOutcome::Loaded("plain:1".into()));
         assert_eq!(parse_load_output(b""), LoadOutcome::Nothing);
     }
 
@@ -521,14 +397,8 @@ mod tests {
         AgentSpec {
             name: "drp-ctx-1234".into(),
             image: "foo:1".into(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            labels: vec![
-                ("drp.machine".into(), "1234".into()),
-                ("drp.image".into(), "foo:1".into()),
-            ],
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: vec![("drp.machine".into(), "1234".into()), ("drp.image".into(), "foo:1".into())],
             network: "host".into(),
             drpcli: drpcli.map(str::to_string),
         }
@@ -536,10 +406,7 @@ mod tests {
 
     #[test]
     fn create_body_injects_drpcli_like_the_native_engine() {
-        let body = create_body(
-            &spec(Some("/srv/drpcli"), &[("RS_UUID", "1234")]),
-            "localhost/foo:1",
-        );
+        let body = create_body(&spec(Some("/srv/drpcli"), &[("RS_UUID", "1234")]), "localhost/foo:1");
         assert_eq!(
             body,
             json!({
@@ -585,11 +452,8 @@ mod tests {
             {"Id":"b","Names":["/drp-c-2"],"Labels":null,"State":"stopped"},
             {"Id":"c"}
         ]"#;
-        let agents: Vec<AgentInfo> = serde_json::from_slice::<Vec<ContainerSummary>>(body)
-            .unwrap()
-            .into_iter()
-            .map(ContainerSummary::into_agent)
-            .collect();
+        let agents: Vec<AgentInfo> =
+            serde_json::from_slice::<Vec<ContainerSummary>>(body).unwrap().into_iter().map(ContainerSummary::into_agent).collect();
         assert_eq!(agents[0].name, "drp-c-1");
         assert!(agents[0].running);
         assert_eq!(agents[0].label("drp.machine"), Some("1"));
@@ -601,9 +465,7 @@ mod tests {
     #[test]
     fn inspections_become_agents() {
         let body = br#"{"Id":"abc","State":{"Running":true,"Status":"running"},"Config":{"Image":"foo:1","Labels":{"drp.image":"foo:1"}}}"#;
-        let agent = serde_json::from_slice::<ContainerInspect>(body)
-            .unwrap()
-            .into_agent("drp-c-1");
+        let agent = serde_json::from_slice::<ContainerInspect>(body).unwrap().into_agent("drp-c-1");
         assert_eq!(agent.id, "abc");
         assert!(agent.running);
         assert_eq!(agent.label("drp.image"), Some("foo:1"));
@@ -611,14 +473,8 @@ mod tests {
 
     #[test]
     fn error_messages_come_from_the_json_message() {
-        assert_eq!(
-            error_message(br#"{"message":"Conflict. The name is in use"}"#),
-            "Conflict. The name is in use"
-        );
-        assert_eq!(
-            error_message(br#"{"cause":"x","message":"no such image","response":404}"#),
-            "no such image"
-        );
+        assert_eq!(error_message(br#"{"message":"Conflict. The name is in use"}"#), "Conflict. The name is in use");
+        assert_eq!(error_message(br#"{"cause":"x","message":"no such image","response":404}"#), "no such image");
         assert_eq!(error_message(b"page not found\n"), "page not found");
         assert_eq!(error_message(&[b'x'; 600]).chars().count(), 501);
         assert_eq!(path_only("/containers/create?name=x"), "/containers/create");

@@ -21,8 +21,7 @@ use std::time::Duration;
 
 use context_engines_sdk::http::{HttpError, Method, Request, Response};
 use context_engines_sdk::{
-    self as sdk, AgentInfo, AgentSpec, Archive, Engine, EngineError, EngineInfo, IMAGE_LABEL, PLUGIN_LABEL,
-    Result, Settings,
+    self as sdk, AgentInfo, AgentSpec, Archive, Engine, EngineError, EngineInfo, IMAGE_LABEL, PLUGIN_LABEL, Result, Settings,
 };
 
 use api::{Config, LoadOutcome};
@@ -46,42 +45,30 @@ enum Payload {
 impl DockerApi {
     /// `docker-api at http://…: METHOD /path: ` — the start of every message.
     fn context(&self, method: &Method, path: &str) -> String {
-        format!(
-            "{NAME} at {}: {method} {}",
-            self.config.base_url,
-            api::path_only(path)
-        )
+        format!("{NAME} at {}: {method} {}", self.config.base_url, api::path_only(path))
     }
 
     /// Sends one API request; a response of any status is returned, a transport failure
     /// is an error.
     fn call(&self, method: Method, path: &str, payload: Payload) -> Result<Response> {
         let url = self.config.url(path);
-        let mut request =
-            Request::new(method.clone(), url.as_str()).connect_timeout(CONNECT_TIMEOUT);
+        let mut request = Request::new(method.clone(), url.as_str()).connect_timeout(CONNECT_TIMEOUT);
         request = match payload {
             Payload::None => request,
             Payload::Json(body) => request.json(&body),
-            Payload::Archive(archive) => request
-                .header("content-type", "application/x-tar")
-                .stream_body(archive),
+            Payload::Archive(archive) => request.header("content-type", "application/x-tar").stream_body(archive),
         };
         request.send().map_err(|e| {
             let context = self.context(&method, path);
             // The SDK's message starts with the method and full URL; ours says it shorter.
             let prefix = format!("{method} {url}: ");
-            let cause = e
-                .message()
-                .strip_prefix(prefix.as_str())
-                .unwrap_or(e.message());
+            let cause = e.message().strip_prefix(prefix.as_str()).unwrap_or(e.message());
             match e {
                 HttpError::Transport(_) => EngineError::Unreachable(format!("{context}: {cause}")),
-                HttpError::Denied(_) => EngineError::BadConfig(format!(
-                    "{context}: {cause}: add the daemon's host:port to `allowed-hosts`"
-                )),
-                HttpError::Invalid(_) | HttpError::Body(_) | HttpError::Decode(_) => {
-                    EngineError::Failed(format!("{context}: {cause}"))
+                HttpError::Denied(_) => {
+                    EngineError::BadConfig(format!("{context}: {cause}: add the daemon's host:port to `allowed-hosts`"))
                 }
+                HttpError::Invalid(_) | HttpError::Body(_) | HttpError::Decode(_) => EngineError::Failed(format!("{context}: {cause}")),
             }
         })
     }
@@ -89,29 +76,13 @@ impl DockerApi {
     /// The error an unexpected status means: 4xx the daemon refused (`rejected`), the
     /// rest is its failure (`failed`).
     fn status_error(&self, method: &Method, path: &str, response: &Response) -> EngineError {
-        let message = format!(
-            "{}: {}: {}",
-            self.context(method, path),
-            response.status_line(),
-            api::error_message(response.body())
-        );
-        if (400..500).contains(&response.status()) {
-            EngineError::Rejected(message)
-        } else {
-            EngineError::Failed(message)
-        }
+        let message = format!("{}: {}: {}", self.context(method, path), response.status_line(), api::error_message(response.body()));
+        if (400..500).contains(&response.status()) { EngineError::Rejected(message) } else { EngineError::Failed(message) }
     }
 
     /// Parses a successful response's JSON body.
-    fn parse<T: serde::de::DeserializeOwned>(
-        &self,
-        method: &Method,
-        path: &str,
-        response: &Response,
-    ) -> Result<T> {
-        response
-            .json()
-            .map_err(|e| EngineError::Failed(format!("{}: {e}", self.context(method, path))))
+    fn parse<T: serde::de::DeserializeOwned>(&self, method: &Method, path: &str, response: &Response) -> Result<T> {
+        response.json().map_err(|e| EngineError::Failed(format!("{}: {e}", self.context(method, path))))
     }
 
     /// The image's inspection under the first of its candidate names the daemon has.
@@ -121,10 +92,7 @@ impl DockerApi {
             let response = self.call(Method::Get, &path, Payload::None)?;
             match response.status() {
                 200 => {
-                    return Ok(Some((
-                        candidate,
-                        self.parse(&Method::Get, &path, &response)?,
-                    )));
+                    return Ok(Some((candidate, self.parse(&Method::Get, &path, &response)?)));
                 }
                 404 => continue,
                 _ => return Err(self.status_error(&Method::Get, &path, &response)),
@@ -138,10 +106,7 @@ impl DockerApi {
         let path = api::container_inspect_path(name);
         let response = self.call(Method::Get, &path, Payload::None)?;
         match response.status() {
-            200 => Ok(Some(
-                self.parse::<api::ContainerInspect>(&Method::Get, &path, &response)?
-                    .into_agent(name),
-            )),
+            200 => Ok(Some(self.parse::<api::ContainerInspect>(&Method::Get, &path, &response)?.into_agent(name))),
             404 => Ok(None),
             _ => Err(self.status_error(&Method::Get, &path, &response)),
         }
@@ -164,11 +129,7 @@ impl DockerApi {
     /// Creates and starts the agent from `image`, the name the daemon has it under.
     fn create_and_start(&self, spec: AgentSpec, image: &str) -> Result<AgentInfo> {
         let path = api::container_create_path(&spec.name);
-        let response = self.call(
-            Method::Post,
-            &path,
-            Payload::Json(api::create_body(&spec, image)),
-        )?;
+        let response = self.call(Method::Post, &path, Payload::Json(api::create_body(&spec, image)))?;
         let created: api::Created = match response.status() {
             200..=299 => self.parse(&Method::Post, &path, &response)?,
             404 => {
@@ -192,27 +153,17 @@ impl DockerApi {
             return Err(error);
         }
         sdk::debug!("started agent {} from {image}", spec.name);
-        Ok(AgentInfo {
-            name: spec.name,
-            id: created.id,
-            running: true,
-            labels: spec.labels,
-        })
+        Ok(AgentInfo { name: spec.name, id: created.id, running: true, labels: spec.labels })
     }
 }
 
 impl Engine for DockerApi {
     fn describe() -> EngineInfo {
-        EngineInfo::new(NAME, env!("CARGO_PKG_VERSION"))
-            .feature("docker-engine-api")
-            .feature("podman-compat")
-            .feature("streamed-load")
+        EngineInfo::new(NAME, env!("CARGO_PKG_VERSION")).feature("docker-engine-api").feature("podman-compat").feature("streamed-load")
     }
 
     fn configure(settings: &Settings) -> Result<Self> {
-        Ok(DockerApi {
-            config: Config::from_settings(settings)?,
-        })
+        Ok(DockerApi { config: Config::from_settings(settings)? })
     }
 
     fn image_id(&mut self, image: &str) -> Result<Option<String>> {
@@ -224,11 +175,7 @@ impl Engine for DockerApi {
         let response = self.call(Method::Post, path, Payload::Archive(archive))?;
         let context = self.context(&Method::Post, path);
         if !response.is_success() {
-            return Err(EngineError::BadArchive(format!(
-                "{context}: {}: {}",
-                response.status_line(),
-                api::error_message(response.body())
-            )));
+            return Err(EngineError::BadArchive(format!("{context}: {}: {}", response.status_line(), api::error_message(response.body()))));
         }
         let loaded = match api::parse_load_output(response.body()) {
             LoadOutcome::Loaded(loaded) => loaded,
@@ -236,9 +183,7 @@ impl Engine for DockerApi {
                 return Err(EngineError::BadArchive(format!("{context}: {error}")));
             }
             LoadOutcome::Nothing => {
-                return Err(EngineError::BadArchive(format!(
-                    "{context}: the daemon accepted the archive but reported no image in it"
-                )));
+                return Err(EngineError::BadArchive(format!("{context}: the daemon accepted the archive but reported no image in it")));
             }
         };
         sdk::info!("loaded {loaded}, tagging it {image}");
@@ -263,12 +208,7 @@ impl Engine for DockerApi {
         }
         let detail = refused
             .map(|(path, response)| {
-                format!(
-                    "{}: {}: {}",
-                    self.context(&Method::Post, &path),
-                    response.status_line(),
-                    api::error_message(response.body())
-                )
+                format!("{}: {}: {}", self.context(&Method::Post, &path), response.status_line(), api::error_message(response.body()))
             })
             .unwrap_or_default();
         Err(EngineError::ImageMissing(detail))
@@ -290,10 +230,7 @@ impl Engine for DockerApi {
     fn agent_start(&mut self, spec: AgentSpec) -> Result<AgentInfo> {
         // The image first: a start that cannot happen must leave the running agent alone.
         let Some((image, _)) = self.find_image(&spec.image)? else {
-            return Err(EngineError::ImageMissing(format!(
-                "{} (not on the daemon at {})",
-                spec.image, self.config.base_url
-            )));
+            return Err(EngineError::ImageMissing(format!("{} (not on the daemon at {})", spec.image, self.config.base_url)));
         };
         if let Some(existing) = self.inspect_agent(&spec.name)? {
             // Two plugin instances never touch each other's agents, nor anything else
@@ -302,22 +239,17 @@ impl Engine for DockerApi {
             if owner != spec.label(PLUGIN_LABEL) {
                 return Err(EngineError::Rejected(match owner {
                     Some(owner) => format!("container name '{}' is held by an agent of plugin '{owner}', which is left alone", spec.name),
-                    None => format!("container name '{}' is held by a container no plugin owns (no drp.plugin label), which is left alone", spec.name),
+                    None => format!(
+                        "container name '{}' is held by a container no plugin owns (no drp.plugin label), which is left alone",
+                        spec.name
+                    ),
                 }));
             }
             if existing.running && existing.label(IMAGE_LABEL) == Some(spec.image.as_str()) {
                 return Ok(existing);
             }
             // Stopped, or from another image: replace, so exactly one agent remains.
-            sdk::debug!(
-                "replacing agent {} ({})",
-                spec.name,
-                if existing.running {
-                    "other image"
-                } else {
-                    "not running"
-                }
-            );
+            sdk::debug!("replacing agent {} ({})", spec.name, if existing.running { "other image" } else { "not running" });
             self.remove_container(&existing.id)?;
         }
         self.create_and_start(spec, &image)
@@ -340,10 +272,7 @@ impl Engine for DockerApi {
             return Err(self.status_error(&Method::Get, &path, &response));
         }
         let found: Vec<api::ContainerSummary> = self.parse(&Method::Get, &path, &response)?;
-        Ok(found
-            .into_iter()
-            .map(api::ContainerSummary::into_agent)
-            .collect())
+        Ok(found.into_iter().map(api::ContainerSummary::into_agent).collect())
     }
 }
 

@@ -7,9 +7,7 @@
 //! Settings: `url` (default `http://127.0.0.1:9/`), the destination tried.
 
 use context_engines_sdk::http::Request;
-use context_engines_sdk::{
-    self as sdk, AgentInfo, AgentSpec, Archive, Engine, EngineError, EngineInfo, Result, Settings,
-};
+use context_engines_sdk::{self as sdk, AgentInfo, AgentSpec, Archive, Engine, EngineError, EngineInfo, Result, Settings};
 
 struct Forbidden {
     url: String,
@@ -20,11 +18,7 @@ impl Forbidden {
     fn try_out(&self) -> Result<()> {
         match Request::get(self.url.as_str()).send() {
             Ok(response) => {
-                sdk::warn!(
-                    "GET {} was let through: {}",
-                    self.url,
-                    response.status_line()
-                );
+                sdk::warn!("GET {} was let through: {}", self.url, response.status_line());
                 Ok(())
             }
             Err(e) => Err(EngineError::Failed(format!("forbidden: {e}"))),
@@ -37,10 +31,7 @@ impl Engine for Forbidden {
         EngineInfo::new("forbidden", env!("CARGO_PKG_VERSION")).feature("test-only")
     }
     fn configure(settings: &Settings) -> Result<Self> {
-        let url = settings
-            .string("url")?
-            .unwrap_or("http://127.0.0.1:9/")
-            .to_string();
+        let url = settings.string("url")?.unwrap_or("http://127.0.0.1:9/").to_string();
         Ok(Forbidden { url })
     }
     fn image_id(&mut self, _image: &str) -> Result<Option<String>> {
@@ -61,12 +52,7 @@ impl Engine for Forbidden {
     }
     fn agent_start(&mut self, spec: AgentSpec) -> Result<AgentInfo> {
         self.try_out()?;
-        Ok(AgentInfo {
-            id: format!("forbidden-{}", spec.name),
-            name: spec.name,
-            running: true,
-            labels: spec.labels,
-        })
+        Ok(AgentInfo { id: format!("forbidden-{}", spec.name), name: spec.name, running: true, labels: spec.labels })
     }
     fn agent_stop(&mut self, _name: &str) -> Result<bool> {
         self.try_out()?;

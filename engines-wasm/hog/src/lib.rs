@@ -4,9 +4,7 @@
 
 use std::hint::black_box;
 
-use context_engines_sdk::{
-    self as sdk, AgentInfo, AgentSpec, Archive, Engine, EngineInfo, Result, Settings,
-};
+use context_engines_sdk::{self as sdk, AgentInfo, AgentSpec, Archive, Engine, EngineInfo, Result, Settings};
 
 struct Hog;
 

@@ -4,9 +4,7 @@
 //!
 //! Settings: none; any JSON object is accepted.
 
-use context_engines_sdk::{
-    self as sdk, AgentInfo, AgentSpec, Archive, Engine, EngineInfo, Result, Settings,
-};
+use context_engines_sdk::{self as sdk, AgentInfo, AgentSpec, Archive, Engine, EngineInfo, Result, Settings};
 
 /// The engine; it has no state.
 struct Null;
@@ -40,12 +38,7 @@ impl Engine for Null {
     }
 
     fn agent_start(&mut self, spec: AgentSpec) -> Result<AgentInfo> {
-        Ok(AgentInfo {
-            id: format!("null-{}", spec.name),
-            name: spec.name,
-            running: true,
-            labels: spec.labels,
-        })
+        Ok(AgentInfo { id: format!("null-{}", spec.name), name: spec.name, running: true, labels: spec.labels })
     }
 
     fn agent_stop(&mut self, _name: &str) -> Result<bool> {

@@ -75,10 +75,7 @@ impl io::Read for Archive {
             return Ok(0);
         }
         loop {
-            match self
-                .stream
-                .blocking_read(buf.len().min(CHUNK as usize) as u64)
-            {
+            match self.stream.blocking_read(buf.len().min(CHUNK as usize) as u64) {
                 Ok(bytes) if bytes.is_empty() => continue,
                 Ok(bytes) => {
                     buf[..bytes.len()].copy_from_slice(&bytes);

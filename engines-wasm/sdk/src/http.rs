@@ -128,11 +128,7 @@ impl HttpError {
     /// The message, without the case.
     pub fn message(&self) -> &str {
         match self {
-            HttpError::Invalid(m)
-            | HttpError::Denied(m)
-            | HttpError::Transport(m)
-            | HttpError::Body(m)
-            | HttpError::Decode(m) => m,
+            HttpError::Invalid(m) | HttpError::Denied(m) | HttpError::Transport(m) | HttpError::Body(m) | HttpError::Decode(m) => m,
         }
     }
 }
@@ -199,8 +195,7 @@ impl Request {
     /// Adds a header (several of one name are all sent). The host forbids a few
     /// (`host`, `connection`, `transfer-encoding`, …): it sets them itself.
     pub fn header(mut self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Request {
-        self.headers
-            .push((name.into().to_ascii_lowercase(), value.as_ref().to_vec()));
+        self.headers.push((name.into().to_ascii_lowercase(), value.as_ref().to_vec()));
         self
     }
 
@@ -248,57 +243,33 @@ impl Request {
     /// Sends the request, then reads the whole response.
     pub fn send(self) -> Result<Response, HttpError> {
         if let Some(problem) = self.invalid {
-            return Err(HttpError::Invalid(format!(
-                "{} {}: {problem}",
-                self.method, self.url
-            )));
+            return Err(HttpError::Invalid(format!("{} {}: {problem}", self.method, self.url)));
         }
         let what = format!("{} {}", self.method, self.url);
         let url = Url::parse(&self.url).map_err(|e| HttpError::Invalid(format!("{what}: {e}")))?;
 
         let mut headers = self.headers;
         let length = match &self.body {
-            Body::Empty if matches!(self.method, Method::Post | Method::Put | Method::Patch) => {
-                Some(0)
-            }
+            Body::Empty if matches!(self.method, Method::Post | Method::Put | Method::Patch) => Some(0),
             Body::Bytes(bytes) => Some(bytes.len()),
             Body::Empty | Body::Stream(_) => None,
         };
         if let Some(length) = length
             && !headers.iter().any(|(n, _)| n == "content-length")
         {
-            headers.push((
-                "content-length".to_string(),
-                length.to_string().into_bytes(),
-            ));
+            headers.push(("content-length".to_string(), length.to_string().into_bytes()));
         }
-        let fields = wit::Fields::from_list(&headers)
-            .map_err(|e| HttpError::Invalid(format!("{what}: bad header: {e:?}")))?;
+        let fields = wit::Fields::from_list(&headers).map_err(|e| HttpError::Invalid(format!("{what}: bad header: {e:?}")))?;
 
         let request = wit::OutgoingRequest::new(fields);
-        request
-            .set_method(&self.method.to_wit())
-            .map_err(|()| HttpError::Invalid(format!("{what}: bad method")))?;
-        request
-            .set_scheme(Some(&url.scheme))
-            .map_err(|()| HttpError::Invalid(format!("{what}: bad scheme")))?;
-        request
-            .set_authority(Some(&url.authority))
-            .map_err(|()| HttpError::Invalid(format!("{what}: bad authority")))?;
-        request
-            .set_path_with_query(Some(&url.path_with_query))
-            .map_err(|()| HttpError::Invalid(format!("{what}: bad path")))?;
-        let outgoing_body = request
-            .body()
-            .map_err(|()| HttpError::Invalid(format!("{what}: request body unavailable")))?;
+        request.set_method(&self.method.to_wit()).map_err(|()| HttpError::Invalid(format!("{what}: bad method")))?;
+        request.set_scheme(Some(&url.scheme)).map_err(|()| HttpError::Invalid(format!("{what}: bad scheme")))?;
+        request.set_authority(Some(&url.authority)).map_err(|()| HttpError::Invalid(format!("{what}: bad authority")))?;
+        request.set_path_with_query(Some(&url.path_with_query)).map_err(|()| HttpError::Invalid(format!("{what}: bad path")))?;
+        let outgoing_body = request.body().map_err(|()| HttpError::Invalid(format!("{what}: request body unavailable")))?;
 
-        let options = timeouts(
-            self.connect_timeout,
-            self.first_byte_timeout,
-            self.between_bytes_timeout,
-        );
-        let future =
-            outgoing_handler::handle(request, options).map_err(|code| from_code(&what, &code))?;
+        let options = timeouts(self.connect_timeout, self.first_byte_timeout, self.between_bytes_timeout);
+        let future = outgoing_handler::handle(request, options).map_err(|code| from_code(&what, &code))?;
 
         let sent = write_body(&outgoing_body, self.body);
         let sent = match sent {
@@ -317,21 +288,13 @@ impl Request {
             (Ok(()), response) => read_response(&what, response?),
             // The server answered with an error before taking the whole body: its answer
             // says more than the broken pipe does.
-            (Err(_), Ok(response)) if !(200..300).contains(&response.status()) => {
-                read_response(&what, response)
-            }
-            (Err(e), _) => Err(HttpError::Body(format!(
-                "{what}: sending the request body: {e}"
-            ))),
+            (Err(_), Ok(response)) if !(200..300).contains(&response.status()) => read_response(&what, response),
+            (Err(e), _) => Err(HttpError::Body(format!("{what}: sending the request body: {e}"))),
         }
     }
 }
 
-fn timeouts(
-    connect: Option<Duration>,
-    first_byte: Option<Duration>,
-    between_bytes: Option<Duration>,
-) -> Option<wit::RequestOptions> {
+fn timeouts(connect: Option<Duration>, first_byte: Option<Duration>, between_bytes: Option<Duration>) -> Option<wit::RequestOptions> {
     if connect.is_none() && first_byte.is_none() && between_bytes.is_none() {
         return None;
     }
@@ -356,15 +319,12 @@ fn write_body(body: &wit::OutgoingBody, content: Body) -> Result<(), String> {
     if matches!(content, Body::Empty) {
         return Ok(());
     }
-    let out = body
-        .write()
-        .map_err(|()| "the request body stream is unavailable".to_string())?;
+    let out = body.write().map_err(|()| "the request body stream is unavailable".to_string())?;
     match content {
         Body::Empty => Ok(()),
         Body::Bytes(bytes) => {
             for chunk in bytes.chunks(WRITE_CHUNK) {
-                out.blocking_write_and_flush(chunk)
-                    .map_err(|e| stream_error(e, "writing"))?;
+                out.blocking_write_and_flush(chunk).map_err(|e| stream_error(e, "writing"))?;
             }
             Ok(())
         }
@@ -381,18 +341,12 @@ fn splice_all(out: &OutputStream, input: &InputStream) -> Result<(), String> {
             // output stream tells which.
             Err(StreamError::Closed) => {
                 return match out.check_write() {
-                    Ok(_) => out
-                        .blocking_flush()
-                        .map_err(|e| stream_error(e, "flushing")),
-                    Err(_) => Err(format!(
-                        "the connection closed after {sent} bytes of the body"
-                    )),
+                    Ok(_) => out.blocking_flush().map_err(|e| stream_error(e, "flushing")),
+                    Err(_) => Err(format!("the connection closed after {sent} bytes of the body")),
                 };
             }
             Err(StreamError::LastOperationFailed(e)) => {
-                let cause = wit::http_error_code(&e)
-                    .map(|code| describe_code(&code))
-                    .unwrap_or_else(|| e.to_debug_string());
+                let cause = wit::http_error_code(&e).map(|code| describe_code(&code)).unwrap_or_else(|| e.to_debug_string());
                 return Err(format!("failed after {sent} bytes: {cause}"));
             }
         }
@@ -403,9 +357,7 @@ fn stream_error(e: StreamError, doing: &str) -> String {
     match e {
         StreamError::Closed => format!("{doing}: the connection closed"),
         StreamError::LastOperationFailed(e) => {
-            let cause = wit::http_error_code(&e)
-                .map(|code| describe_code(&code))
-                .unwrap_or_else(|| e.to_debug_string());
+            let cause = wit::http_error_code(&e).map(|code| describe_code(&code)).unwrap_or_else(|| e.to_debug_string());
             format!("{doing}: {cause}")
         }
     }
@@ -417,9 +369,7 @@ fn wait(future: &wit::FutureIncomingResponse) -> Result<wit::IncomingResponse, w
         if let Some(outcome) = future.get() {
             return match outcome {
                 Ok(result) => result,
-                Err(()) => Err(wit::ErrorCode::InternalError(Some(
-                    "response already taken".into(),
-                ))),
+                Err(()) => Err(wit::ErrorCode::InternalError(Some("response already taken".into()))),
             };
         }
         let pollable = future.subscribe();
@@ -432,17 +382,10 @@ fn read_response(what: &str, response: wit::IncomingResponse) -> Result<Response
     let status = response.status();
     let headers = {
         let fields = response.headers();
-        fields
-            .entries()
-            .into_iter()
-            .collect::<Vec<(String, Vec<u8>)>>()
+        fields.entries().into_iter().collect::<Vec<(String, Vec<u8>)>>()
     };
-    let incoming = response
-        .consume()
-        .map_err(|()| HttpError::Body(format!("{what}: the response body is unavailable")))?;
-    let stream = incoming
-        .stream()
-        .map_err(|()| HttpError::Body(format!("{what}: the response body is unavailable")))?;
+    let incoming = response.consume().map_err(|()| HttpError::Body(format!("{what}: the response body is unavailable")))?;
+    let stream = incoming.stream().map_err(|()| HttpError::Body(format!("{what}: the response body is unavailable")))?;
     let mut body = Vec::new();
     let outcome = loop {
         match stream.blocking_read(READ_CHUNK) {
@@ -461,19 +404,13 @@ fn read_response(what: &str, response: wit::IncomingResponse) -> Result<Response
     drop(stream);
     drop(wit::IncomingBody::finish(incoming));
     drop(response);
-    outcome.map(|()| Response {
-        status,
-        headers,
-        body,
-    })
+    outcome.map(|()| Response { status, headers, body })
 }
 
 fn from_code(what: &str, code: &wit::ErrorCode) -> HttpError {
     let message = format!("{what}: {}", describe_code(code));
     match code {
-        wit::ErrorCode::HttpRequestDenied | wit::ErrorCode::DestinationIpProhibited => {
-            HttpError::Denied(message)
-        }
+        wit::ErrorCode::HttpRequestDenied | wit::ErrorCode::DestinationIpProhibited => HttpError::Denied(message),
         wit::ErrorCode::HttpRequestMethodInvalid
         | wit::ErrorCode::HttpRequestUriInvalid
         | wit::ErrorCode::HttpRequestUriTooLong
@@ -505,24 +442,14 @@ fn describe_code(code: &wit::ErrorCode) -> String {
         E::ConnectionLimitReached => "connection limit reached".into(),
         E::TlsProtocolError => "TLS protocol error".into(),
         E::TlsCertificateError => "TLS certificate error".into(),
-        E::TlsAlertReceived(p) => format!(
-            "TLS alert received{}",
-            p.alert_message
-                .as_deref()
-                .map(|m| format!(": {m}"))
-                .unwrap_or_default()
-        ),
-        E::HttpRequestDenied => {
-            "request denied by the host (destination not in the engine's allowed-hosts)".into()
-        }
+        E::TlsAlertReceived(p) => format!("TLS alert received{}", p.alert_message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()),
+        E::HttpRequestDenied => "request denied by the host (destination not in the engine's allowed-hosts)".into(),
         E::HttpResponseIncomplete => "incomplete response".into(),
         E::HttpResponseTimeout => "timed out waiting for the response".into(),
         E::HttpProtocolError => "HTTP protocol error".into(),
         E::InternalError(Some(m)) => format!("internal error: {m}"),
         E::InternalError(None) => "internal error".into(),
-        other => format!("{other:?}")
-            .trim_start_matches("ErrorCode::")
-            .to_string(),
+        other => format!("{other:?}").trim_start_matches("ErrorCode::").to_string(),
     }
 }
 
@@ -560,10 +487,7 @@ impl Response {
 
     /// The first value of header `name` (case-insensitive), if present and UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
     /// The body.
@@ -583,12 +507,8 @@ impl Response {
 
     /// The body parsed as JSON.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, HttpError> {
-        serde_json::from_slice(&self.body).map_err(|e| {
-            HttpError::Decode(format!(
-                "status {}: the body is not the JSON expected: {e}",
-                self.status
-            ))
-        })
+        serde_json::from_slice(&self.body)
+            .map_err(|e| HttpError::Decode(format!("status {}: the body is not the JSON expected: {e}", self.status)))
     }
 }
 
@@ -647,8 +567,7 @@ pub fn encode_path(text: &str) -> String {
 fn encode_keeping(text: &str, keep: &[u8]) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || keep.contains(&b)
-        {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || keep.contains(&b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -673,24 +592,14 @@ impl Url {
             other => wit::Scheme::Other(other.to_string()),
         };
         let (authority, path_with_query) = rest;
-        Ok(Url {
-            scheme,
-            authority: authority.to_string(),
-            path_with_query,
-        })
+        Ok(Url { scheme, authority: authority.to_string(), path_with_query })
     }
 }
 
 /// `scheme://authority/path?query#fragment` → (scheme, (authority, "/path?query")).
 fn split_url(url: &str) -> Result<(&str, (&str, String)), String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| "the URL has no scheme (expected e.g. http://host:port/path)".to_string())?;
-    if scheme.is_empty()
-        || !scheme
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
-    {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| "the URL has no scheme (expected e.g. http://host:port/path)".to_string())?;
+    if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) {
         return Err(format!("the URL's scheme {scheme:?} is invalid"));
     }
     let rest = rest.split('#').next().unwrap_or_default();
@@ -726,19 +635,10 @@ mod tests {
     fn urls_split_into_scheme_authority_and_path() {
         assert_eq!(
             split_url("http://127.0.0.1:2375/v1.41/images/json?all=1").unwrap(),
-            (
-                "http",
-                ("127.0.0.1:2375", "/v1.41/images/json?all=1".to_string())
-            )
+            ("http", ("127.0.0.1:2375", "/v1.41/images/json?all=1".to_string()))
         );
-        assert_eq!(
-            split_url("https://h").unwrap(),
-            ("https", ("h", "/".to_string()))
-        );
-        assert_eq!(
-            split_url("http://h?x=1#f").unwrap(),
-            ("http", ("h", "/?x=1".to_string()))
-        );
+        assert_eq!(split_url("https://h").unwrap(), ("https", ("h", "/".to_string())));
+        assert_eq!(split_url("http://h?x=1#f").unwrap(), ("http", ("h", "/?x=1".to_string())));
         assert!(split_url("127.0.0.1:2375/x").is_err());
         assert!(split_url("http:///x").is_err());
         assert!(split_url("http://u:p@h/").is_err());
@@ -746,10 +646,7 @@ mod tests {
 
     #[test]
     fn encoding_keeps_what_it_should() {
-        assert_eq!(
-            encode(r#"{"label":["a=b"]}"#),
-            "%7B%22label%22%3A%5B%22a%3Db%22%5D%7D"
-        );
+        assert_eq!(encode(r#"{"label":["a=b"]}"#), "%7B%22label%22%3A%5B%22a%3Db%22%5D%7D");
         assert_eq!(encode("reg:5000/foo"), "reg%3A5000%2Ffoo");
         assert_eq!(encode_path("reg:5000/foo/bar:1"), "reg:5000/foo/bar:1");
         assert_eq!(encode_path("a b?#"), "a%20b%3F%23");

@@ -179,11 +179,7 @@ impl EngineInfo {
     /// An engine named `name` at `version` (typically `env!("CARGO_PKG_VERSION")`), with
     /// no features.
     pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
-        EngineInfo {
-            name: name.into(),
-            version: version.into(),
-            features: Vec::new(),
-        }
+        EngineInfo { name: name.into(), version: version.into(), features: Vec::new() }
     }
 
     /// Adds a feature word.
@@ -278,10 +274,7 @@ impl AgentInfo {
 }
 
 fn lookup<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
+    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 /// An engine: images and agents on some runtime.
@@ -390,33 +383,22 @@ pub mod __private {
         static INSTANCE: RefCell<Slot> = const { RefCell::new(Slot::Empty) };
     }
 
-    fn with_engine<E: Engine, T>(
-        f: impl FnOnce(&mut E) -> crate::Result<T>,
-    ) -> Result<T, wit::EngineError> {
+    fn with_engine<E: Engine, T>(f: impl FnOnce(&mut E) -> crate::Result<T>) -> Result<T, wit::EngineError> {
         INSTANCE.with_borrow_mut(|slot| match slot {
             Slot::Ready(engine) => match engine.downcast_mut::<E>() {
                 Some(engine) => f(engine).map_err(Into::into),
                 None => unreachable!("one engine type per component"),
             },
-            Slot::Failed(e) => Err(EngineError::BadConfig(format!(
-                "engine {} is not configured: configure failed: {}",
-                E::describe().name,
-                e.message()
-            ))
-            .into()),
-            Slot::Empty => Err(EngineError::BadConfig(format!(
-                "engine {} was called before configure",
-                E::describe().name
-            ))
-            .into()),
+            Slot::Failed(e) => {
+                Err(EngineError::BadConfig(format!("engine {} is not configured: configure failed: {}", E::describe().name, e.message()))
+                    .into())
+            }
+            Slot::Empty => Err(EngineError::BadConfig(format!("engine {} was called before configure", E::describe().name)).into()),
         })
     }
 
     fn to_wit_pairs(pairs: Vec<(String, String)>) -> Vec<wit::KeyValue> {
-        pairs
-            .into_iter()
-            .map(|(key, value)| wit::KeyValue { key, value })
-            .collect()
+        pairs.into_iter().map(|(key, value)| wit::KeyValue { key, value }).collect()
     }
 
     fn from_wit_pairs(pairs: Vec<wit::KeyValue>) -> Vec<(String, String)> {
@@ -424,20 +406,11 @@ pub mod __private {
     }
 
     fn to_wit_agent(info: AgentInfo) -> wit::AgentInfo {
-        wit::AgentInfo {
-            name: info.name,
-            id: info.id,
-            running: info.running,
-            labels: to_wit_pairs(info.labels),
-        }
+        wit::AgentInfo { name: info.name, id: info.id, running: info.running, labels: to_wit_pairs(info.labels) }
     }
 
     fn to_wit_info(info: EngineInfo) -> wit::EngineInfo {
-        wit::EngineInfo {
-            name: info.name,
-            version: info.version,
-            features: info.features,
-        }
+        wit::EngineInfo { name: info.name, version: info.version, features: info.features }
     }
 
     impl<T: Export> export::Guest for T {
@@ -447,8 +420,7 @@ pub mod __private {
 
         fn configure(settings_json: String) -> Result<(), wit::EngineError> {
             let name = T::Engine::describe().name;
-            let built =
-                Settings::parse(&name, &settings_json).and_then(|s| T::Engine::configure(&s));
+            let built = Settings::parse(&name, &settings_json).and_then(|s| T::Engine::configure(&s));
             INSTANCE.with_borrow_mut(|slot| match built {
                 Ok(engine) => {
                     *slot = Slot::Ready(Box::new(engine));
@@ -496,8 +468,7 @@ pub mod __private {
 
         fn agent_list(labels: Vec<wit::KeyValue>) -> Result<Vec<wit::AgentInfo>, wit::EngineError> {
             let labels = from_wit_pairs(labels);
-            with_engine::<T::Engine, _>(|e| e.agent_list(&labels))
-                .map(|agents| agents.into_iter().map(to_wit_agent).collect())
+            with_engine::<T::Engine, _>(|e| e.agent_list(&labels)).map(|agents| agents.into_iter().map(to_wit_agent).collect())
         }
     }
 }

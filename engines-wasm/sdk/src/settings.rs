@@ -26,22 +26,14 @@ impl Settings {
             match serde_json::from_str::<Value>(json) {
                 Ok(Value::Object(object)) => object,
                 Ok(other) => {
-                    return Err(EngineError::BadConfig(format!(
-                        "{engine} settings: expected a JSON object, got {}",
-                        json_kind(&other)
-                    )));
+                    return Err(EngineError::BadConfig(format!("{engine} settings: expected a JSON object, got {}", json_kind(&other))));
                 }
                 Err(e) => {
-                    return Err(EngineError::BadConfig(format!(
-                        "{engine} settings: not valid JSON: {e}"
-                    )));
+                    return Err(EngineError::BadConfig(format!("{engine} settings: not valid JSON: {e}")));
                 }
             }
         };
-        Ok(Settings {
-            engine: engine.to_string(),
-            object,
-        })
+        Ok(Settings { engine: engine.to_string(), object })
     }
 
     /// The whole object.
@@ -59,9 +51,7 @@ impl Settings {
         match self.get(key) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => {
-                Err(self.error(key, &format!("must be a string, got {}", json_kind(other))))
-            }
+            Some(other) => Err(self.error(key, &format!("must be a string, got {}", json_kind(other)))),
         }
     }
 
@@ -79,17 +69,14 @@ impl Settings {
     pub fn value<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => T::deserialize(v)
-                .map(Some)
-                .map_err(|e| self.error(key, &format!("is invalid: {e}"))),
+            Some(v) => T::deserialize(v).map(Some).map_err(|e| self.error(key, &format!("is invalid: {e}"))),
         }
     }
 
     /// The whole object deserialized as `T` (a `#[derive(Deserialize)]` struct, typically
     /// with `#[serde(rename_all = "kebab-case")]`).
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T> {
-        T::deserialize(&Value::Object(self.object.clone()))
-            .map_err(|e| EngineError::BadConfig(format!("{} settings: {e}", self.engine)))
+        T::deserialize(&Value::Object(self.object.clone())).map_err(|e| EngineError::BadConfig(format!("{} settings: {e}", self.engine)))
     }
 
     /// A [`EngineError::BadConfig`] saying `key` `problem` (e.g. "is missing").
@@ -118,39 +105,17 @@ mod tests {
         assert!(Settings::parse("x", "").unwrap().object().is_empty());
         assert!(Settings::parse("x", "{}").unwrap().object().is_empty());
         let e = Settings::parse("x", "[1]").unwrap_err();
-        assert!(
-            matches!(e, EngineError::BadConfig(ref m) if m.contains("an array")),
-            "{e}"
-        );
-        assert!(matches!(
-            Settings::parse("x", "{").unwrap_err(),
-            EngineError::BadConfig(_)
-        ));
+        assert!(matches!(e, EngineError::BadConfig(ref m) if m.contains("an array")), "{e}");
+        assert!(matches!(Settings::parse("x", "{").unwrap_err(), EngineError::BadConfig(_)));
     }
 
     #[test]
     fn required_strings_name_the_key() {
         let s = Settings::parse("docker-api", r#"{"a": 1, "b": "", "c": "ok"}"#).unwrap();
         assert_eq!(s.required_string("c", "x").unwrap(), "ok");
-        let missing = s
-            .required_string("base-url", "\"http://h:1\"")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            missing.contains("docker-api settings: `base-url` is missing"),
-            "{missing}"
-        );
-        assert!(
-            s.required_string("a", "x")
-                .unwrap_err()
-                .to_string()
-                .contains("must be a string")
-        );
-        assert!(
-            s.required_string("b", "x")
-                .unwrap_err()
-                .to_string()
-                .contains("is empty")
-        );
+        let missing = s.required_string("base-url", "\"http://h:1\"").unwrap_err().to_string();
+        assert!(missing.contains("docker-api settings: `base-url` is missing"), "{missing}");
+        assert!(s.required_string("a", "x").unwrap_err().to_string().contains("must be a string"));
+        assert!(s.required_string("b", "x").unwrap_err().to_string().contains("is empty"));
     }
 }

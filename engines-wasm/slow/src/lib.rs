@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use context_engines_sdk::{
-    self as sdk, AgentInfo, AgentSpec, Archive, Engine, EngineInfo, Result, Settings,
-};
+use context_engines_sdk::{self as sdk, AgentInfo, AgentSpec, Archive, Engine, EngineInfo, Result, Settings};
 
 struct Slow {
     delay: Duration,
@@ -25,9 +23,7 @@ impl Engine for Slow {
     }
     fn configure(settings: &Settings) -> Result<Self> {
         let ms: u64 = settings.value("delay-ms")?.unwrap_or(3000);
-        Ok(Slow {
-            delay: Duration::from_millis(ms),
-        })
+        Ok(Slow { delay: Duration::from_millis(ms) })
     }
     fn image_id(&mut self, _image: &str) -> Result<Option<String>> {
         self.wait();
@@ -48,12 +44,7 @@ impl Engine for Slow {
     }
     fn agent_start(&mut self, spec: AgentSpec) -> Result<AgentInfo> {
         self.wait();
-        Ok(AgentInfo {
-            id: format!("slow-{}", spec.name),
-            name: spec.name,
-            running: true,
-            labels: spec.labels,
-        })
+        Ok(AgentInfo { id: format!("slow-{}", spec.name), name: spec.name, running: true, labels: spec.labels })
     }
     fn agent_stop(&mut self, _name: &str) -> Result<bool> {
         self.wait();

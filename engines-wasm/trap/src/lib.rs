@@ -1,9 +1,7 @@
 //! Test engine `trap`: every lifecycle call panics, which (built with `panic = "abort"`)
 //! is a WebAssembly trap. `describe` and `configure` behave.
 
-use context_engines_sdk::{
-    self as sdk, AgentInfo, AgentSpec, Archive, Engine, EngineInfo, Result, Settings,
-};
+use context_engines_sdk::{self as sdk, AgentInfo, AgentSpec, Archive, Engine, EngineInfo, Result, Settings};
 
 struct Trap;
 

@@ -58,12 +58,7 @@ pub struct Queue {
 
 impl Queue {
     pub fn new(now: Instant) -> Queue {
-        Queue {
-            work: HashMap::new(),
-            failures: HashMap::new(),
-            tokens: RETRY_BURST,
-            refilled: now,
-        }
+        Queue { work: HashMap::new(), failures: HashMap::new(), tokens: RETRY_BURST, refilled: now }
     }
 
     /// Marks `key` for processing. Returns true when the caller must start a worker for
@@ -120,11 +115,8 @@ impl Queue {
         let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
         self.tokens = (self.tokens + elapsed * RETRY_RATE).min(RETRY_BURST);
         self.refilled = now;
-        let mut due: Vec<(Instant, String)> = self
-            .failures
-            .iter()
-            .filter_map(|(key, f)| f.next_try.filter(|t| *t <= now).map(|t| (t, key.clone())))
-            .collect();
+        let mut due: Vec<(Instant, String)> =
+            self.failures.iter().filter_map(|(key, f)| f.next_try.filter(|t| *t <= now).map(|t| (t, key.clone()))).collect();
         due.sort();
         let allowed = self.tokens.floor().max(0.0) as usize;
         due.truncate(allowed);
@@ -179,10 +171,7 @@ mod tests {
     use super::*;
 
     fn failed(permanent: bool) -> Outcome {
-        Outcome::Failed {
-            error: "boom".to_string(),
-            permanent,
-        }
+        Outcome::Failed { error: "boom".to_string(), permanent }
     }
 
     #[test]

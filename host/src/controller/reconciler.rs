@@ -49,12 +49,7 @@ pub struct AgentFailure {
 
 impl AgentFailure {
     fn new(doing: &'static str, agent: &Agent, source: AgentError) -> AgentFailure {
-        AgentFailure {
-            doing,
-            agent: agent.name.clone(),
-            engine: agent.engine.clone(),
-            source,
-        }
+        AgentFailure { doing, agent: agent.name.clone(), engine: agent.engine.clone(), source }
     }
 }
 
@@ -171,10 +166,7 @@ impl Reconciler {
             // Machines no engine listing will settle: none wanted, or an unknown engine
             // (which settling reports).
             let uuids: Vec<String> = state.machines.keys().cloned().collect();
-            uuids
-                .into_iter()
-                .filter(|uuid| !self.wanted_engine(&state, uuid).is_some_and(|e| listed.contains(e.as_str())))
-                .collect()
+            uuids.into_iter().filter(|uuid| !self.wanted_engine(&state, uuid).is_some_and(|e| listed.contains(e.as_str()))).collect()
         };
         tracing::info!(machines = self.state().machines.len(), engines = engines.len(), "full reconcile");
         for uuid in unlisted {
@@ -349,11 +341,7 @@ impl Reconciler {
     /// Machines that want an agent on `engine` or are believed to have one there.
     fn machines_of_engine(&self, state: &State, engine: &str) -> BTreeSet<String> {
         let wanting = state.machines.keys().filter(|uuid| self.wanted_engine(state, uuid).as_deref() == Some(engine));
-        let having = state
-            .actual
-            .iter()
-            .filter(|(_, agents)| agents.iter().any(|a| a.engine == engine))
-            .map(|(uuid, _)| uuid);
+        let having = state.actual.iter().filter(|(_, agents)| agents.iter().any(|a| a.engine == engine)).map(|(uuid, _)| uuid);
         wanting.chain(having).cloned().collect()
     }
 
@@ -413,11 +401,8 @@ impl Reconciler {
     fn machines_touching(&self, context: &str) -> BTreeSet<String> {
         let state = self.state();
         let in_context = state.machines.values().filter(|m| m.context == context).map(|m| m.uuid.clone());
-        let with_agents = state
-            .actual
-            .iter()
-            .filter(|(_, agents)| agents.iter().any(|a| a.context == context))
-            .map(|(uuid, _)| uuid.clone());
+        let with_agents =
+            state.actual.iter().filter(|(_, agents)| agents.iter().any(|a| a.context == context)).map(|(uuid, _)| uuid.clone());
         in_context.chain(with_agents).collect()
     }
 
@@ -578,12 +563,7 @@ impl Reconciler {
     /// Starts `agent` and records it; a failure is published as `agent-failed`. Caller
     /// holds the machine lock.
     pub async fn start(&self, agent: &Agent, context: &Context) -> Result<AgentInfo, AgentFailure> {
-        let first_of_context = !self
-            .state()
-            .actual
-            .values()
-            .flatten()
-            .any(|a| a.context == agent.context && a.machine != agent.machine);
+        let first_of_context = !self.state().actual.values().flatten().any(|a| a.context == agent.context && a.machine != agent.machine);
         let started = async {
             let engine = self.plugin.registry.get(&agent.engine)?;
             agents::start(&self.plugin, engine, agent, context, first_of_context).await

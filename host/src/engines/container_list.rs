@@ -31,7 +31,8 @@ pub async fn list(host: &str, api_version: &str, labels: &[(&str, &str)]) -> Res
     let query: String = url_encode(&filters);
     let path = format!("/v{api_version}/containers/json?all=1&filters={query}");
     let body = if let Some(socket) = host.strip_prefix("unix://").or_else(|| host.starts_with('/').then_some(host)) {
-        let client: Client<hyperlocal::UnixConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(hyperlocal::UnixConnector);
+        let client: Client<hyperlocal::UnixConnector, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(hyperlocal::UnixConnector);
         get(&client, hyperlocal::Uri::new(socket, &path).into()).await?
     } else {
         let authority = host.trim_start_matches("tcp://").trim_start_matches("http://").trim_end_matches('/');

@@ -12,9 +12,8 @@ use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateBody, ContainerCreateResponse, EventMessage, HostConfig, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, EventsOptionsBuilder, ImportImageOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
-    TagImageOptionsBuilder,
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, ImportImageOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder, StopContainerOptionsBuilder, TagImageOptionsBuilder,
 };
 use futures_util::StreamExt;
 use tokio::sync::OnceCell;
@@ -94,42 +93,25 @@ impl RuntimeApiEngine {
     }
 
     fn unreachable(&self, e: &BollardError) -> EngineError {
-        EngineError::Unreachable {
-            engine: self.name.clone(),
-            address: self.host.clone(),
-            cause: e.to_string(),
-        }
+        EngineError::Unreachable { engine: self.name.clone(), address: self.host.clone(), cause: e.to_string() }
     }
 
     /// Sorts a bollard error into what the caller can act on.
     fn error(&self, e: BollardError) -> EngineError {
         match e {
-            BollardError::DockerResponseServerError {
-                status_code,
-                message,
-            } if (400..500).contains(&status_code) => EngineError::Rejected {
-                engine: self.name.clone(),
-                cause: format!("{message} (HTTP {status_code})"),
-            },
+            BollardError::DockerResponseServerError { status_code, message } if (400..500).contains(&status_code) => {
+                EngineError::Rejected { engine: self.name.clone(), cause: format!("{message} (HTTP {status_code})") }
+            }
             BollardError::DockerResponseServerError { .. }
             | BollardError::DockerStreamError { .. }
             | BollardError::JsonDataError { .. }
-            | BollardError::JsonSerdeError { .. } => EngineError::Failed {
-                engine: self.name.clone(),
-                cause: e.to_string(),
-            },
+            | BollardError::JsonSerdeError { .. } => EngineError::Failed { engine: self.name.clone(), cause: e.to_string() },
             other => self.unreachable(&other),
         }
     }
 
     fn is_not_found(e: &BollardError) -> bool {
-        matches!(
-            e,
-            BollardError::DockerResponseServerError {
-                status_code: 404,
-                ..
-            }
-        )
+        matches!(e, BollardError::DockerResponseServerError { status_code: 404, .. })
     }
 
     /// Podman stores a loaded or tagged `foo/bar:1` as `localhost/foo/bar:1`, and its
@@ -148,11 +130,7 @@ impl RuntimeApiEngine {
         let mut entrypoint = None;
         if let Some(drpcli) = &spec.drpcli {
             binds.push(format!("{}:{DRPCLI_IN_AGENT}:ro", drpcli.display()));
-            entrypoint = Some(vec![
-                DRPCLI_IN_AGENT.to_string(),
-                "machines".to_string(),
-                "processjobs".to_string(),
-            ]);
+            entrypoint = Some(vec![DRPCLI_IN_AGENT.to_string(), "machines".to_string(), "processjobs".to_string()]);
             if !spec.env.iter().any(|(k, _)| k == "PATH") {
                 env.push(AGENT_PATH.to_string());
             }
@@ -166,10 +144,7 @@ impl RuntimeApiEngine {
             host_config: Some(HostConfig {
                 network_mode: Some(spec.network.clone()),
                 binds: (!binds.is_empty()).then_some(binds),
-                restart_policy: Some(RestartPolicy {
-                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                    maximum_retry_count: None,
-                }),
+                restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::UNLESS_STOPPED), maximum_retry_count: None }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -230,12 +205,7 @@ impl RuntimeApiEngine {
             let _ = self.remove(&created.id).await;
             return Err(self.error(e));
         }
-        Ok(AgentInfo {
-            name: spec.name.clone(),
-            id: created.id,
-            running: true,
-            labels: spec.labels.clone(),
-        })
+        Ok(AgentInfo { name: spec.name.clone(), id: created.id, running: true, labels: spec.labels.clone() })
     }
 
     /// Creates the agent's container from the first name the runtime knows the image by.
@@ -250,10 +220,7 @@ impl RuntimeApiEngine {
                 outcome => return outcome,
             }
         }
-        Err(BollardError::DockerResponseServerError {
-            status_code: 404,
-            message: format!("no such image: {}", spec.image),
-        })
+        Err(BollardError::DockerResponseServerError { status_code: 404, message: format!("no such image: {}", spec.image) })
     }
 
     /// A create's 404 about the image: Docker says "No such image: …", Podman "no such
@@ -265,10 +232,7 @@ impl RuntimeApiEngine {
 
     fn create_error(&self, e: BollardError, spec: &AgentSpec) -> EngineError {
         if Self::is_missing_image(&e) {
-            return EngineError::ImageMissing {
-                engine: self.name.clone(),
-                image: spec.image.clone(),
-            };
+            return EngineError::ImageMissing { engine: self.name.clone(), image: spec.image.clone() };
         }
         self.error(e)
     }
@@ -280,9 +244,7 @@ impl RuntimeApiEngine {
             Ok(()) => Ok(true),
             Err(e) if Self::is_not_found(&e) => Ok(false),
             // Removal already under way (a concurrent stop): the outcome is the same.
-            Err(BollardError::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Ok(true),
+            Err(BollardError::DockerResponseServerError { status_code: 409, .. }) => Ok(true),
             Err(e) => Err(self.error(e)),
         }
     }
@@ -312,9 +274,7 @@ pub fn name_taken(name: &str, owner: Option<&str>) -> String {
 }
 
 fn has_registry(image: &str) -> bool {
-    image
-        .split_once('/')
-        .is_some_and(|(first, _)| first.contains('.') || first.contains(':') || first == "localhost")
+    image.split_once('/').is_some_and(|(first, _)| first.contains('.') || first.contains(':') || first == "localhost")
 }
 
 /// Splits `repo[:tag]` as the tag endpoint wants it; a `:` before the last `/` is a
@@ -350,11 +310,7 @@ impl Engine for RuntimeApiEngine {
         Ok(EngineInfo {
             name: self.name.clone(),
             kind: self.flavor.kind(),
-            version: format!(
-                "{} (API {})",
-                version.version.unwrap_or_default(),
-                version.api_version.unwrap_or_default()
-            ),
+            version: format!("{} (API {})", version.version.unwrap_or_default(), version.api_version.unwrap_or_default()),
         })
     }
 
@@ -377,14 +333,10 @@ impl Engine for RuntimeApiEngine {
         let mut loaded = None;
         while let Some(item) = progress.next().await {
             let info = item.map_err(|e| match e {
-                BollardError::DockerStreamError { error } => EngineError::BadArchive {
-                    engine: self.name.clone(),
-                    cause: error,
-                },
-                BollardError::DockerResponseServerError { message, .. } => EngineError::BadArchive {
-                    engine: self.name.clone(),
-                    cause: message,
-                },
+                BollardError::DockerStreamError { error } => EngineError::BadArchive { engine: self.name.clone(), cause: error },
+                BollardError::DockerResponseServerError { message, .. } => {
+                    EngineError::BadArchive { engine: self.name.clone(), cause: message }
+                }
                 other => self.error(other),
             })?;
             let said = info.stream.or(info.status).unwrap_or_default();
@@ -401,10 +353,7 @@ impl Engine for RuntimeApiEngine {
         let docker = self.client().await?;
         let (repo, tag) = split_reference(target);
         let options = TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
-        docker
-            .tag_image(source, Some(options))
-            .await
-            .map_err(|e| self.error(e))
+        docker.tag_image(source, Some(options)).await.map_err(|e| self.error(e))
     }
 
     async fn image_remove(&self, image: &str) -> Result<bool, EngineError> {
@@ -446,10 +395,7 @@ impl Engine for RuntimeApiEngine {
         let feed = docker.events(Some(options)).filter_map(move |event| {
             let gone = match event {
                 Ok(event) => agent_gone(event).map(Ok),
-                Err(e) => Some(Err(EngineError::Failed {
-                    engine: engine.clone(),
-                    cause: format!("event feed: {e}"),
-                })),
+                Err(e) => Some(Err(EngineError::Failed { engine: engine.clone(), cause: format!("event feed: {e}") })),
             };
             std::future::ready(gone)
         });
@@ -466,18 +412,11 @@ impl Engine for RuntimeApiEngine {
         let found = tokio::time::timeout(std::time::Duration::from_secs(self.timeout_secs), listing)
             .await
             .unwrap_or_else(|_| Err(format!("listing containers: no answer within {}s", self.timeout_secs)))
-            .map_err(|cause| EngineError::Failed {
-                engine: self.name.clone(),
-                cause,
-            })?;
+            .map_err(|cause| EngineError::Failed { engine: self.name.clone(), cause })?;
         Ok(found
             .into_iter()
             .map(|c| AgentInfo {
-                name: c
-                    .names
-                    .and_then(|n| n.into_iter().next())
-                    .map(|n| n.trim_start_matches('/').to_string())
-                    .unwrap_or_default(),
+                name: c.names.and_then(|n| n.into_iter().next()).map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default(),
                 id: c.id,
                 running: c.state == "running",
                 labels: c.labels.unwrap_or_default(),
@@ -501,14 +440,8 @@ mod tests {
     #[test]
     fn load_reports_are_parsed_for_docker_and_podman() {
         assert_eq!(loaded_reference("Loaded image: foo:1\n").as_deref(), Some("foo:1"));
-        assert_eq!(
-            loaded_reference("Loaded image ID: sha256:abc\n").as_deref(),
-            Some("sha256:abc")
-        );
-        assert_eq!(
-            loaded_reference("Loaded image(s): localhost/foo:1,localhost/bar:2").as_deref(),
-            Some("localhost/foo:1")
-        );
+        assert_eq!(loaded_reference("Loaded image ID: sha256:abc\n").as_deref(), Some("sha256:abc"));
+        assert_eq!(loaded_reference("Loaded image(s): localhost/foo:1,localhost/bar:2").as_deref(), Some("localhost/foo:1"));
         assert_eq!(loaded_reference("Loading layer 1/3"), None);
     }
 

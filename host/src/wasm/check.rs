@@ -34,22 +34,13 @@ pub async fn check(path: &Path) -> Result<String, String> {
     store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().budget.check()));
     store.data_mut().budget = Budget::new(limits.deadline, None);
     store.set_epoch_deadline(1);
-    let instance = loaded
-        .pre
-        .instantiate_async(&mut store)
-        .await
-        .map_err(|e| format!("{} does not instantiate: {e:#}", path.display()))?;
+    let instance = loaded.pre.instantiate_async(&mut store).await.map_err(|e| format!("{} does not instantiate: {e:#}", path.display()))?;
     let info = instance
         .context_engines_engine_lifecycle()
         .call_describe(&mut store)
         .await
         .map_err(|e| format!("{}: describe trapped: {e:#}", path.display()))?;
-    report.push_str(&format!(
-        "describe: name={} version={} features=[{}]\n",
-        info.name,
-        info.version,
-        info.features.join(", ")
-    ));
+    report.push_str(&format!("describe: name={} version={} features=[{}]\n", info.name, info.version, info.features.join(", ")));
     Ok(report)
 }
 

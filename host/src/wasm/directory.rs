@@ -13,8 +13,8 @@ use tokio::sync::watch;
 
 use super::engine::WasmEngine;
 use super::runtime::WasmRuntime;
-use crate::plugin::Plugin;
 use crate::controller::reconciler::Reconciler;
+use crate::plugin::Plugin;
 
 const SCAN_EVERY: Duration = Duration::from_secs(1);
 
@@ -37,10 +37,7 @@ pub struct EngineDirectory {
 
 impl EngineDirectory {
     pub fn new(runtime: Arc<WasmRuntime>) -> EngineDirectory {
-        EngineDirectory {
-            runtime,
-            known: Mutex::new(BTreeMap::new()),
-        }
+        EngineDirectory { runtime, known: Mutex::new(BTreeMap::new()) }
     }
 
     /// Brings the registry in line with the directory; true when anything changed.
@@ -100,7 +97,8 @@ impl EngineDirectory {
                     if loaded.from_cache { "from the compile cache" } else { "compiled" },
                     loaded.compile_time.as_millis()
                 );
-                let engine = WasmEngine::new(name, Arc::clone(&self.runtime), loaded, &settings.engine_settings(name), settings.wasm_limits());
+                let engine =
+                    WasmEngine::new(name, Arc::clone(&self.runtime), loaded, &settings.engine_settings(name), settings.wasm_limits());
                 Slot::Loaded(Arc::new(engine))
             }
             Ok(Err(e)) => {
@@ -138,10 +136,7 @@ fn list(dir: &Path) -> BTreeMap<String, (PathBuf, Fingerprint)> {
             let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
             let meta = std::fs::metadata(&path).ok().filter(|m| m.is_file())?;
             (is_wasm && valid).then(|| {
-                let fingerprint = Fingerprint {
-                    len: meta.len(),
-                    modified: meta.modified().ok(),
-                };
+                let fingerprint = Fingerprint { len: meta.len(), modified: meta.modified().ok() };
                 (name, (path, fingerprint))
             })
         })

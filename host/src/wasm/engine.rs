@@ -77,12 +77,7 @@ impl WasmEngine {
         if current.json == json && current.limits == limits {
             return;
         }
-        *current = Settings {
-            json,
-            allowed_hosts: allowed_hosts(settings),
-            limits,
-            generation: current.generation + 1,
-        };
+        *current = Settings { json, allowed_hosts: allowed_hosts(settings), limits, generation: current.generation + 1 };
         self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
@@ -108,10 +103,7 @@ impl WasmEngine {
             let s = self.settings.lock().unwrap_or_else(|p| p.into_inner());
             (s.json.clone(), s.allowed_hosts.clone(), s.limits, s.generation)
         };
-        let store_limits = StoreLimitsBuilder::new()
-            .memory_size(limits.memory_bytes)
-            .trap_on_grow_failure(true)
-            .build();
+        let store_limits = StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build();
         let mut store = Store::new(&self.runtime.engine, GuestState::new(&self.name, allowed, store_limits));
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().budget.check()));
@@ -119,10 +111,7 @@ impl WasmEngine {
         store.set_epoch_deadline(1);
         let instantiate = async {
             let bindings = self.pre.instantiate_async(&mut store).await?;
-            let configured = bindings
-                .context_engines_engine_lifecycle()
-                .call_configure(&mut store, &json)
-                .await?;
+            let configured = bindings.context_engines_engine_lifecycle().call_configure(&mut store, &json).await?;
             Ok::<_, wasmtime::Error>((bindings, configured))
         };
         let (bindings, configured) = tokio::time::timeout(limits.deadline + HOST_GRACE, instantiate)
@@ -130,11 +119,7 @@ impl WasmEngine {
             .map_err(|_| self.deadline_error("configure", limits))?
             .map_err(|e| self.trap_error("configure", &e, limits))?;
         configured.map_err(|e| self.guest_error(e))?;
-        Ok(Instance {
-            store,
-            bindings,
-            generation,
-        })
+        Ok(Instance { store, bindings, generation })
     }
 
     /// Runs one export on an instance under the limits. With `progress`, the deadline
@@ -191,20 +176,15 @@ impl WasmEngine {
             Some(trap) => format!("trapped: {trap}"),
             None => format!("failed in the runtime: {detail}"),
         };
-        EngineError::Failed {
-            engine: self.name.clone(),
-            cause: format!("{what} {cause}; the instance was discarded"),
-        }
+        EngineError::Failed { engine: self.name.clone(), cause: format!("{what} {cause}; the instance was discarded") }
     }
 
     fn guest_error(&self, error: bindings::EngineError) -> EngineError {
         let engine = self.name.clone();
         match error {
-            bindings::EngineError::Unreachable(cause) => EngineError::Unreachable {
-                engine,
-                address: "its configured runtime".to_string(),
-                cause,
-            },
+            bindings::EngineError::Unreachable(cause) => {
+                EngineError::Unreachable { engine, address: "its configured runtime".to_string(), cause }
+            }
             bindings::EngineError::ImageMissing(image) => EngineError::ImageMissing { engine, image },
             bindings::EngineError::BadArchive(cause) => EngineError::BadArchive { engine, cause },
             bindings::EngineError::Rejected(cause) => EngineError::Rejected { engine, cause },
@@ -231,12 +211,7 @@ fn allowed_hosts(settings: &Map<String, Value>) -> Vec<String> {
 }
 
 fn key_values(map: &BTreeMap<String, String>) -> Vec<bindings::KeyValue> {
-    map.iter()
-        .map(|(key, value)| bindings::KeyValue {
-            key: key.clone(),
-            value: value.clone(),
-        })
-        .collect()
+    map.iter().map(|(key, value)| bindings::KeyValue { key: key.clone(), value: value.clone() }).collect()
 }
 
 fn agent_info(info: bindings::AgentInfo) -> AgentInfo {
@@ -260,11 +235,7 @@ impl Engine for WasmEngine {
 
     async fn info(&self) -> Result<EngineInfo, EngineError> {
         let described = self.describe().await?;
-        let features = if described.features.is_empty() {
-            String::new()
-        } else {
-            format!(" [{}]", described.features.join(", "))
-        };
+        let features = if described.features.is_empty() { String::new() } else { format!(" [{}]", described.features.join(", ")) };
         Ok(EngineInfo {
             name: self.name.clone(),
             kind: "wasm",
@@ -320,14 +291,7 @@ impl Engine for WasmEngine {
         let spec = bindings::AgentSpec {
             name: spec.name.clone(),
             image: spec.image.clone(),
-            env: spec
-                .env
-                .iter()
-                .map(|(key, value)| bindings::KeyValue {
-                    key: key.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
+            env: spec.env.iter().map(|(key, value)| bindings::KeyValue { key: key.clone(), value: value.clone() }).collect(),
             labels: key_values(&spec.labels),
             network: spec.network.clone(),
             drpcli: spec.drpcli.as_ref().map(|p| p.display().to_string()),
@@ -348,13 +312,8 @@ impl Engine for WasmEngine {
     }
 
     async fn agent_list(&self, labels: &[(&str, &str)]) -> Result<Vec<AgentInfo>, EngineError> {
-        let labels: Vec<bindings::KeyValue> = labels
-            .iter()
-            .map(|(key, value)| bindings::KeyValue {
-                key: key.to_string(),
-                value: value.to_string(),
-            })
-            .collect();
+        let labels: Vec<bindings::KeyValue> =
+            labels.iter().map(|(key, value)| bindings::KeyValue { key: key.to_string(), value: value.to_string() }).collect();
         self.call("agent-list", None, move |e, store| {
             Box::pin(async move { e.context_engines_engine_lifecycle().call_agent_list(store, &labels).await })
         })

@@ -25,10 +25,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits {
-            deadline: Duration::from_secs(30),
-            memory_bytes: 64 * 1024 * 1024,
-        }
+        Limits { deadline: Duration::from_secs(30), memory_bytes: 64 * 1024 * 1024 }
     }
 }
 
@@ -38,9 +35,7 @@ pub enum LoadError {
     Read { path: String, cause: String },
     #[error("{path} is not a WebAssembly component: {cause}")]
     NotAComponent { path: String, cause: String },
-    #[error(
-        "{path} does not fit the world context-engines:engine/engine@0.1.0 (wrong world, or another major version of it): {cause}"
-    )]
+    #[error("{path} does not fit the world context-engines:engine/engine@0.1.0 (wrong world, or another major version of it): {cause}")]
     WrongWorld { path: String, cause: String },
 }
 
@@ -85,10 +80,7 @@ impl WasmRuntime {
     /// Compiles (or loads from the cache) and links the component in `path`.
     pub fn load(&self, path: &Path) -> Result<Loaded, LoadError> {
         let display = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| LoadError::Read {
-            path: display.clone(),
-            cause: e.to_string(),
-        })?;
+        let bytes = std::fs::read(path).map_err(|e| LoadError::Read { path: display.clone(), cause: e.to_string() })?;
         self.load_bytes(&display, &bytes)
     }
 
@@ -98,30 +90,18 @@ impl WasmRuntime {
         let (component, from_cache) = match self.cached(&sha256) {
             Some(component) => (component, true),
             None => {
-                let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::NotAComponent {
-                    path: display.to_string(),
-                    cause: format!("{e:#}"),
-                })?;
+                let component = Component::new(&self.engine, bytes)
+                    .map_err(|e| LoadError::NotAComponent { path: display.to_string(), cause: format!("{e:#}") })?;
                 self.store_in_cache(&sha256, &component);
                 (component, false)
             }
         };
         let compile_time = started.elapsed();
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .and_then(EnginePre::new)
-            .map_err(|e| LoadError::WrongWorld {
-                path: display.to_string(),
-                cause: format!("{e:#}; the component exports {}", self.export_names(&component)),
-            })?;
-        Ok(Loaded {
-            pre,
-            component,
-            sha256,
-            from_cache,
-            compile_time,
-        })
+        let pre = self.linker.instantiate_pre(&component).and_then(EnginePre::new).map_err(|e| LoadError::WrongWorld {
+            path: display.to_string(),
+            cause: format!("{e:#}; the component exports {}", self.export_names(&component)),
+        })?;
+        Ok(Loaded { pre, component, sha256, from_cache, compile_time })
     }
 
     /// What a component offers instead, which is what an engine author needs to see

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use wasmtime::{StoreLimits, UpdateDeadline};
 use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
@@ -36,11 +36,7 @@ pub struct Budget {
 
 impl Budget {
     pub fn new(deadline: Duration, progress: Option<Arc<AtomicU64>>) -> Budget {
-        Budget {
-            deadline,
-            started: Instant::now(),
-            progress: progress.map(|p| (p, 0)),
-        }
+        Budget { deadline, started: Instant::now(), progress: progress.map(|p| (p, 0)) }
     }
 
     pub fn check(&mut self) -> UpdateDeadline {
@@ -51,11 +47,7 @@ impl Budget {
                 self.started = Instant::now();
             }
         }
-        if self.started.elapsed() > self.deadline {
-            UpdateDeadline::Interrupt
-        } else {
-            UpdateDeadline::Yield(1)
-        }
+        if self.started.elapsed() > self.deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) }
     }
 }
 
@@ -65,10 +57,7 @@ impl GuestState {
             engine: engine.to_string(),
             wasi: WasiCtx::builder().build(),
             http: WasiHttpCtx::new(),
-            hooks: AllowList {
-                engine: engine.to_string(),
-                allowed: allowed_hosts,
-            },
+            hooks: AllowList { engine: engine.to_string(), allowed: allowed_hosts },
             table: ResourceTable::new(),
             limits,
             budget: Budget::new(Duration::from_secs(30), None),
@@ -82,20 +71,13 @@ impl GuestState {
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
 impl WasiHttpView for GuestState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.hooks,
-        }
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
     }
 }
 
@@ -108,9 +90,7 @@ struct AllowList {
 impl AllowList {
     fn permits(&self, uri: &http::Uri) -> bool {
         let Some(host) = uri.host() else { return false };
-        let port = uri
-            .port_u16()
-            .unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+        let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
         let authority = format!("{host}:{port}");
         self.allowed.iter().any(|a| a.eq_ignore_ascii_case(&authority) || a.eq_ignore_ascii_case(host))
     }
@@ -144,10 +124,7 @@ impl WasiHttpHooks for AllowList {
         Box::new(async move {
             use http_body_util::BodyExt;
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-            ))
+            Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>))
         })
     }
 }
@@ -175,10 +152,7 @@ mod tests {
 
     #[test]
     fn allow_list_matches_host_and_port() {
-        let list = AllowList {
-            engine: "e".to_string(),
-            allowed: vec!["127.0.0.1:2375".to_string(), "docker.example".to_string()],
-        };
+        let list = AllowList { engine: "e".to_string(), allowed: vec!["127.0.0.1:2375".to_string(), "docker.example".to_string()] };
         let ok = |u: &str| list.permits(&u.parse().expect("uri"));
         assert!(ok("http://127.0.0.1:2375/v1.41/_ping"));
         assert!(!ok("http://127.0.0.1:9/"));

@@ -191,9 +191,7 @@ async fn repeat(
         ran?;
         size.enter.cli.push(converged?);
         let cli = t.cli;
-        let stop = format!(
-            "{cli} stop -t {STOP_GRACE_SECS} drp-{context}-$0 >/dev/null && {cli} rm drp-{context}-$0 >/dev/null"
-        );
+        let stop = format!("{cli} stop -t {STOP_GRACE_SECS} drp-{context}-$0 >/dev/null && {cli} rm drp-{context}-$0 >/dev/null");
         let started = Instant::now();
         let script = ["sh".to_string(), "-c".to_string(), stop];
         let run = xargs(&uuids, p, &script, limit);
@@ -205,10 +203,7 @@ async fn repeat(
 }
 
 fn rep_seed() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or_default()
 }
 
 /// Seconds from `started` until exactly `n` containers with `label` exist and run;
@@ -373,11 +368,8 @@ fn size_figures(n: usize, engine: &str, wanted: usize, p: usize, size: &Size) ->
     if let Some(e) = &size.error {
         note = format!("failed: {e}");
     }
-    let resolution = format!(
-        "polled every {} ms by label, a listing took up to {:.1} s",
-        POLL.as_millis(),
-        size.slowest_list_ms as f64 / 1000.0
-    );
+    let resolution =
+        format!("polled every {} ms by label, a listing took up to {:.1} s", POLL.as_millis(), size.slowest_list_ms as f64 / 1000.0);
     let errors = match (size.failures, &size.last_failure) {
         (0, _) => "agent-failed events: 0".to_string(),
         (k, last) => format!("agent-failed events: {k} (last: {})", last.as_deref().unwrap_or("?")),

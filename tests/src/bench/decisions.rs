@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use context_engines::controller::reconciler::Reconciler;
 use context_engines::drp_socket::DrpSocket;
 use context_engines::environment::Environment;
 use context_engines::events::Event;
 use context_engines::params::Settings;
 use context_engines::plugin::Plugin;
-use context_engines::controller::reconciler::Reconciler;
 use serde_json::{Value, json};
 
 use super::{Config, Figure, Goal, median, percentile};
@@ -114,11 +114,7 @@ fn decode_run(frames: &[String]) -> anyhow::Result<RunStats> {
 }
 
 fn stats(n: usize, started: Instant, latencies: &[f64]) -> RunStats {
-    RunStats {
-        rate: n as f64 / started.elapsed().as_secs_f64(),
-        p50: percentile(latencies, 50.0),
-        p99: percentile(latencies, 99.0),
-    }
+    RunStats { rate: n as f64 / started.elapsed().as_secs_f64(), p50: percentile(latencies, 50.0), p99: percentile(latencies, 99.0) }
 }
 
 /// Machine events cycling over [`MACHINES`] machines: each machine in turn enters our

@@ -32,9 +32,9 @@ pub async fn run(config: &Config) -> Vec<Figure> {
     };
     match super::world(&engine, config.max_parallel).await {
         Ok((mut world, bundled)) => {
-            let figures = measure(&world, &bundled, &engine, config).await.unwrap_or_else(|e| {
-                vec![Figure::missing(SECTION, "memory", format!("failed: {e:#}"))]
-            });
+            let figures = measure(&world, &bundled, &engine, config)
+                .await
+                .unwrap_or_else(|e| vec![Figure::missing(SECTION, "memory", format!("failed: {e:#}"))]);
             super::cleanup(&mut world).await;
             let _ = tokio::time::timeout(Duration::from_secs(60), remove_images(&world.runtime)).await;
             figures
@@ -148,9 +148,8 @@ async fn long_action(world: &World, command: &str, params: Value) -> (u16, Value
     let client: Client<hyperlocal::UnixConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(hyperlocal::UnixConnector);
     let uri: hyper::Uri = hyperlocal::Uri::new(world.plugin().to_sock(), "/api-plugin/v4/action").into();
     let exchange = async {
-        let request = hyper::Request::post(uri)
-            .header("Content-Type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))?;
+        let request =
+            hyper::Request::post(uri).header("Content-Type", "application/json").body(Full::new(Bytes::from(body.to_string())))?;
         let response = client.request(request).await?;
         let status = response.status().as_u16();
         let bytes = response.into_body().collect().await?.to_bytes();

@@ -9,9 +9,9 @@ pub mod report;
 pub mod start;
 pub mod wasm;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -228,13 +228,7 @@ impl Config {
             }
             std::process::exit(0);
         }
-        let mut config = Config {
-            args,
-            started: Instant::now(),
-            budget: Duration::ZERO,
-            sections: Vec::new(),
-            max_parallel: 0,
-        };
+        let mut config = Config { args, started: Instant::now(), budget: Duration::ZERO, sections: Vec::new(), max_parallel: 0 };
         config.budget = Duration::from_secs_f64(config.get::<f64>("budget-min")? * 60.0);
         config.sections = config.list("only")?.into_iter().map(|s| s as u8).collect();
         config.max_parallel = config.get("max-parallel")?;
@@ -413,12 +407,7 @@ fn unpack_bundled(dir: &Path) -> anyhow::Result<Vec<String>> {
         bail!("context-engines unpack {} exited with {status}", dir.display());
     }
     let mut names: Vec<String> = std::fs::read_dir(dir.join("engines"))
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.strip_suffix(".wasm").map(str::to_string))
-                .collect()
-        })
+        .map(|entries| entries.flatten().filter_map(|e| e.file_name().to_str()?.strip_suffix(".wasm").map(str::to_string)).collect())
         .unwrap_or_default();
     names.sort();
     Ok(names)
@@ -497,9 +486,13 @@ async fn remove_leftovers_on(host: &str) {
     {
         let Ok(runtime) = ce_tests::world::connect_runtime(host).await else { return };
         let mut found = list_containers(host, BENCH_LABEL).await.unwrap_or_default();
-        found.extend(list_containers(host, "drp.plugin").await.unwrap_or_default().into_iter().filter(|c| {
-            c.labels.as_ref().and_then(|l| l.get("drp.plugin")).is_some_and(|p| p.starts_with(PLUGIN_PREFIX))
-        }));
+        found.extend(
+            list_containers(host, "drp.plugin")
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| c.labels.as_ref().and_then(|l| l.get("drp.plugin")).is_some_and(|p| p.starts_with(PLUGIN_PREFIX))),
+        );
         for c in found {
             if let Some(id) = c.id {
                 let options = RemoveContainerOptionsBuilder::new().force(true).build();

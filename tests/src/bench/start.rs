@@ -103,9 +103,9 @@ async fn measure(world: &World, id: &str, runs: usize) -> anyhow::Result<Vec<Fig
                 "plugin: action over its socket, token fetch, create (also the image and name check), start, \
                  agent-started event; 1 warm-up run each side not counted; runs alternate",
             ),
-        Figure::new(SECTION, format!("  the plugin's own part ({id} run)"), "ms")
-            .value(median(&own), runs)
-            .note("the same agentStart on the bundled null WASM engine, which starts nothing: socket, token, engine call, bookkeeping, event"),
+        Figure::new(SECTION, format!("  the plugin's own part ({id} run)"), "ms").value(median(&own), runs).note(
+            "the same agentStart on the bundled null WASM engine, which starts nothing: socket, token, engine call, bookkeeping, event",
+        ),
         Figure::new(SECTION, format!("  of which machine token fetch ({id} run)"), "ms")
             .value(median(&token), runs)
             .note("GET /api/v3/machines/{uuid}/token?ttl=3y against the simulator, with the plugin's own DrpClient (pooled HTTPS)"),
@@ -131,10 +131,7 @@ pub(super) fn floor_body(world: &World, image: &str, uuid: &str, context: &str, 
         host_config: Some(HostConfig {
             network_mode: Some("host".to_string()),
             binds: Some(vec![format!("{}:/usr/bin/drpcli:ro", world.fixtures.join("drpcli").display())]),
-            restart_policy: Some(RestartPolicy {
-                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                maximum_retry_count: None,
-            }),
+            restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::UNLESS_STOPPED), maximum_retry_count: None }),
             ..Default::default()
         }),
         ..Default::default()
@@ -186,11 +183,7 @@ async fn own_cost(world: &World, machine: &serde_json::Value, context: &str, run
 }
 
 async fn token_fetch(world: &World, uuid: &str, runs: usize) -> anyhow::Result<Vec<f64>> {
-    let env = Environment {
-        endpoint: Some(world.sim.api_url()),
-        token: Some(world.sim.token()),
-        ..Environment::default()
-    };
+    let env = Environment { endpoint: Some(world.sim.api_url()), token: Some(world.sim.token()), ..Environment::default() };
     let client = DrpClient::new(&env)?;
     let mut times = Vec::new();
     for run in 0..=runs {

@@ -32,9 +32,7 @@ pub async fn run(config: &Config) -> Vec<Figure> {
 }
 
 fn engines_dir() -> PathBuf {
-    std::env::var_os("CE_WASM_ENGINES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| super::repo_root().join("engines-wasm/target/engines"))
+    std::env::var_os("CE_WASM_ENGINES").map(PathBuf::from).unwrap_or_else(|| super::repo_root().join("engines-wasm/target/engines"))
 }
 
 async fn measure(config: &Config, dir: &Path) -> anyhow::Result<Vec<Figure>> {

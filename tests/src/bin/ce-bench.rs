@@ -42,7 +42,11 @@ async fn main() -> anyhow::Result<()> {
         // Every step inside is bounded too; this is the backstop.
         let found = match tokio::time::timeout(section_limit, running).await {
             Ok(found) => found,
-            Err(_) => vec![Figure::missing(section, format!("section {section}"), format!("abandoned after {section_limit:?} (--section-max-min)"))],
+            Err(_) => vec![Figure::missing(
+                section,
+                format!("section {section}"),
+                format!("abandoned after {section_limit:?} (--section-max-min)"),
+            )],
         };
         eprintln!("ce-bench: section {section} done in {:.0} s", at.elapsed().as_secs_f64());
         figures.extend(found);

@@ -49,11 +49,8 @@ async fn main() -> anyhow::Result<()> {
         agent.id.clone().unwrap_or_default().get(..12).unwrap_or_default(),
         agent.state.clone().unwrap_or_default()
     ));
-    let report = sim
-        .wait_for("the agent's report", Duration::from_secs(60), || {
-            sim.agent_reports().into_iter().find(|r| r.uuid == uuid)
-        })
-        .await?;
+    let report =
+        sim.wait_for("the agent's report", Duration::from_secs(60), || sim.agent_reports().into_iter().find(|r| r.uuid == uuid)).await?;
     say(&format!(
         "agent ran `drpcli {}` with RS_UUID={} RS_CONTEXT={} RS_ENDPOINTS={} and a machine token",
         report.args, report.uuid, report.context, report.endpoints
