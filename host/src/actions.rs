@@ -10,7 +10,7 @@ use crate::agents::{self, Agent, AgentError};
 use crate::api_error::ApiError;
 use crate::controller::reconciler::{AgentFailure, Reconciler};
 use crate::drp::{Context, Machine};
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, labels};
 use crate::images::ImageError;
 use crate::params::{self, ParamError};
 use crate::plugin::Plugin;
@@ -115,8 +115,10 @@ async fn agent_start(plugin: &Plugin, reconciler: &Reconciler, model: &Value, pa
     // until agentStop, the machine's deletion, or the Context taking it over.
     let manual = machine.context != context_name;
     let agent = Agent { manual, ..Agent::new(&machine.uuid, &context, &engine_name)? };
+    // A download first, without the machine's lock.
+    let pulled = reconciler.pull(&agent, &context).await?;
     let _machine = reconciler.lock_machine(&machine.uuid).await;
-    let info = reconciler.start(&agent, &context).await?;
+    let info = reconciler.start(&agent, &context, pulled).await?;
     Ok(json!({
         "Name": agent.name,
         "Id": info.id,
@@ -143,7 +145,14 @@ async fn agent_stop(plugin: &Plugin, reconciler: &Reconciler, model: &Value, par
             .or_else(|| reconciler.context(&context_name).map(|c| agents::engine_for(&c, &plugin.settings().default_engine)))
             .unwrap_or_else(|| plugin.settings().default_engine.clone()),
     };
-    plugin.registry.get(&engine_name)?;
+    let engine = plugin.registry.get(&engine_name)?;
+    // Only an agent of ours is stopped: a container of that name with another plugin's
+    // label (or none) is not ours to remove, so for us the agent is absent.
+    let plugin_name = plugin.settings().plugin_name.clone();
+    let ours = engine.agent_list(&[(labels::PLUGIN, plugin_name.as_str()), (labels::MACHINE, machine.uuid.as_str())]).await?;
+    if !ours.iter().any(|a| a.name == name) {
+        return Ok(Value::Bool(true));
+    }
     let agent = Agent {
         machine: machine.uuid.clone(),
         context: context_name,

@@ -121,19 +121,44 @@ pub fn engine_for(context: &Context, default_engine: &str) -> String {
     context.meta(META_ENGINE).unwrap_or(default_engine).to_string()
 }
 
+fn check_image(agent: &Agent) -> Result<(), AgentError> {
+    if agent.image.is_empty() {
+        return Err(AgentError::NoImage(agent.context.clone()));
+    }
+    crate::images::check_reference(&agent.image).map_err(|why| AgentError::BadImage { context: agent.context.clone(), why })
+}
+
+/// Settles the Context's `Imagepull` (download, verify, load) ahead of a start, so that a
+/// slow file server never holds the machine's lock. Returns whether there was one.
+pub async fn pull(
+    plugin: &Plugin,
+    engine: &Arc<dyn Engine>,
+    agent: &Agent,
+    context: &Context,
+    first_of_context: bool,
+) -> Result<bool, AgentError> {
+    if context.meta(META_IMAGEPULL).is_none() {
+        return Ok(false);
+    }
+    check_image(agent)?;
+    ensure_image(plugin, engine, &agent.image, context, first_of_context)
+        .await
+        .map_err(|source| AgentError::Image { image: agent.image.clone(), source })?;
+    Ok(true)
+}
+
 /// Starts `agent` (a no-op when it already runs). `first_of_context` says no other agent
-/// of this context runs, which is when an unchecked `Imagepull` is fetched again.
+/// of this context runs, which is when an unchecked `Imagepull` is fetched again;
+/// `pulled` says [`pull`] already settled it.
 pub async fn start(
     plugin: &Plugin,
     engine: Arc<dyn Engine>,
     agent: &Agent,
     context: &Context,
     first_of_context: bool,
+    pulled: bool,
 ) -> Result<AgentInfo, AgentError> {
-    if agent.image.is_empty() {
-        return Err(AgentError::NoImage(agent.context.clone()));
-    }
-    crate::images::check_reference(&agent.image).map_err(|why| AgentError::BadImage { context: agent.context.clone(), why })?;
+    check_image(agent)?;
     let ensure = || async {
         ensure_image(plugin, &engine, &agent.image, context, first_of_context)
             .await
@@ -144,11 +169,11 @@ pub async fn start(
     // that is settled first. Otherwise the start itself is the presence check: a missing
     // image costs one failed create and is then loaded, a present one (nearly always)
     // costs nothing, which keeps a start at the runtime's own create + start.
-    let pulled = context.meta(META_IMAGEPULL).is_some();
-    let token = if pulled { tokio::try_join!(ensure(), token)?.1 } else { token.await? };
+    let with_pull = context.meta(META_IMAGEPULL).is_some();
+    let token = if with_pull && !pulled { tokio::try_join!(ensure(), token)?.1 } else { token.await? };
     let spec = spec(plugin, agent, token);
     match engine.agent_start(&spec).await {
-        Err(EngineError::ImageMissing { .. }) if !pulled => {
+        Err(EngineError::ImageMissing { .. }) if !with_pull => {
             ensure().await?;
             Ok(engine.agent_start(&spec).await?)
         }

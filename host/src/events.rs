@@ -127,11 +127,12 @@ async fn session(plugin: &Plugin, reconciler: &Arc<Reconciler>) -> Result<(), St
             _ = tokio::time::sleep_until(next_resync), if resync_every > 0 => {
                 tracing::info!("periodic resync");
                 full_reconcile_until_done(reconciler).await;
-                relisted = tokio::time::Instant::now();
+                // Frames waited in the socket meanwhile: the silence is ours, not theirs.
+                (relisted, heard) = (tokio::time::Instant::now(), tokio::time::Instant::now());
             }
             _ = reconciler.resync_requested() => {
                 full_reconcile_until_done(reconciler).await;
-                relisted = tokio::time::Instant::now();
+                (relisted, heard) = (tokio::time::Instant::now(), tokio::time::Instant::now());
             }
         }
     }

@@ -97,7 +97,7 @@ impl Settings {
             max_parallel: usize::try_from(max_parallel).unwrap_or(usize::MAX),
             wasm_deadline_ms: positive(params, WASM_DEADLINE_MS, 30_000)?,
             wasm_memory_mb: positive(params, WASM_MEMORY_MB, 64)?,
-            resync_secs: whole(params, RESYNC_SECS, 300)?,
+            resync_secs: at_most(RESYNC_SECS, whole(params, RESYNC_SECS, 300)?, 31_536_000)?,
         })
     }
 
@@ -157,6 +157,13 @@ fn whole(params: &Map<String, Value>, name: &str, default: u64) -> Result<u64, P
             got: v.to_string(),
         }),
     }
+}
+
+fn at_most(name: &str, value: u64, limit: u64) -> Result<u64, ParamError> {
+    if value > limit {
+        return Err(ParamError::Invalid { name: name.to_string(), why: format!("{value} is more than the supported {limit}") });
+    }
+    Ok(value)
 }
 
 fn string_list(params: &Map<String, Value>, name: &str) -> Result<Vec<String>, ParamError> {
@@ -263,6 +270,8 @@ mod tests {
         assert!(err.to_string().contains("docker"), "{err}");
         let err = Settings::from_params(&json!({ ENGINE_CONFIG: {"podman": {REQUEST_TIMEOUT_SECS: 0}} }), &env()).unwrap_err();
         assert!(err.to_string().contains("podman") && err.to_string().contains(REQUEST_TIMEOUT_SECS), "{err}");
+        let err = Settings::from_params(&json!({ RESYNC_SECS: u64::MAX }), &env()).unwrap_err();
+        assert!(err.to_string().contains(RESYNC_SECS), "{err}");
         let err = Settings::from_params(&json!({ RESYNC_SECS: -1 }), &env()).unwrap_err();
         assert!(err.to_string().contains(RESYNC_SECS), "{err}");
         let err = Settings::from_params(&json!([1]), &env()).unwrap_err();

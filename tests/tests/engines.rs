@@ -451,6 +451,9 @@ async fn a_name_held_by_another_plugin_is_left_alone(w: &mut World) -> anyhow::R
         ensure!(failing.is_some_and(|f| f["error"].as_str().is_some_and(|e| e.contains(&owner))), "agentStatus: {status}");
         let still = w.runtime.inspect_container(&name, None).await.context("the other plugin's container was removed")?;
         ensure!(still.id.as_deref() == Some(foreign.as_str()), "the container holding the name changed");
+        // agentStop of that name: ours is absent, theirs is not touched.
+        expect(w.machine_action(&World::machine(&uuid, "ctx"), "agentStop", json!({"context/name": "ctx"})).await?, 200, json!(true))?;
+        w.runtime.inspect_container(&name, None).await.context("agentStop removed the other plugin's container")?;
         Ok(())
     }
     .await;

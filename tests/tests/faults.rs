@@ -1318,3 +1318,52 @@ async fn stop_mid_burst(f: &mut Fault) -> anyhow::Result<()> {
     wait_exact_and_stable(f, &in_context(&machines, "ctx"), Duration::from_secs(300)).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_stop_is_not_kept_waiting_by_a_slow_image_download() {
+    run_fault("agentStop during a slow-drip Imagepull", |f| Box::pin(stop_during_slow_pull(f))).await
+}
+
+/// A Context whose `Imagepull` server sends 64 KiB of the archive and then nothing: the
+/// start's download runs without the machine's lock, so `agentStop` for that machine
+/// answers at once instead of after the download's 120 s idle timeout; the machine
+/// leaving the Context meanwhile leaves nothing behind.
+async fn stop_during_slow_pull(f: &mut Fault) -> anyhow::Result<()> {
+    let archive = std::fs::read(f.w.fixture("plain.tar"))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&served);
+    let drip = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut head = vec![0u8; 4096];
+            let _ = socket.read(&mut head).await;
+            let header = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", archive.len());
+            let _ = socket.write_all(header.as_bytes()).await;
+            let _ = socket.write_all(&archive[..archive.len().min(64 * 1024)]).await;
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    let image = format!("{}-drip", f.w.image());
+    let mut ctx = f.w.context("drip", &image);
+    ctx["Meta"]["Imagepull"] = json!(format!("http://127.0.0.1:{port}/plain.tar"));
+    f.w.sim.put_context(ctx);
+    let uuid = unique("d");
+    let machine = World::machine(&uuid, "drip");
+    f.w.sim.put_machine(machine.clone());
+    f.w.sim.wait_for("the download to start", SETTLE, || (served.load(std::sync::atomic::Ordering::SeqCst) > 0).then_some(())).await?;
+    let asked = Instant::now();
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(10), f.w.machine_action(&machine, "agentStop", json!({"context/name": "drip"}))).await;
+    let took = asked.elapsed();
+    let (code, body) = outcome.map_err(|_| anyhow::anyhow!("agentStop waited more than 10 s behind the download"))??;
+    ensure!(code == 200, "agentStop: {code} {body}");
+    println!("agentStop answered in {took:?} while the download stalled");
+    f.w.sim.put_machine(World::machine(&uuid, ""));
+    ensure!(agents(&f.w).await?.is_empty(), "an agent exists although its image never arrived");
+    still_serving(f).await?;
+    drip.abort();
+    Ok(())
+}

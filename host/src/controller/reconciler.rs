@@ -68,9 +68,9 @@ struct State {
     /// Agents believed to exist, by machine: merged from listings, kept current by our
     /// own starts and stops in between.
     actual: HashMap<String, Vec<Agent>>,
-    /// When each machine's agents were last recorded, on `clock`; a listing that began
-    /// before that says nothing new about the machine.
-    recorded: HashMap<String, u64>,
+    /// When each machine's agents on each engine were last recorded, on `clock`; a
+    /// listing of that engine that began before says nothing new about them.
+    recorded: HashMap<(String, String), u64>,
     clock: u64,
     queue: Queue,
     /// Engines being listed now; true asks for one more listing when it ends.
@@ -78,10 +78,10 @@ struct State {
 }
 
 impl State {
-    /// Notes that `machine`'s agents were just recorded (see `recorded`).
-    fn stamp(&mut self, machine: &str) {
+    /// Notes that `machine`'s agents on `engine` were just recorded (see `recorded`).
+    fn stamp(&mut self, machine: &str, engine: &str) {
         self.clock += 1;
-        self.recorded.insert(machine.to_string(), self.clock);
+        self.recorded.insert((machine.to_string(), engine.to_string()), self.clock);
     }
 }
 
@@ -219,13 +219,17 @@ impl Reconciler {
             Err(error) => {
                 // Keep what we believed about an engine we could not ask, and settle its
                 // machines anyway: each reports the runtime's own error.
+                // Machines already backing off keep their own schedule: a runtime that is
+                // down must not have every machine retried in step at each relist.
                 let state = self.state();
                 if self.engines_in_use(&state).contains(engine.name()) {
                     tracing::warn!("cannot list agents of engine '{}', which a context uses: {error}", engine.name());
                 } else {
                     tracing::debug!("engine '{}' not listed (no context uses it): {error}", engine.name());
                 }
-                self.machines_of_engine(&state, engine.name())
+                let mut touched = self.machines_of_engine(&state, engine.name());
+                touched.retain(|uuid| !state.queue.failures().contains_key(uuid));
+                touched
             }
         };
         for uuid in touched {
@@ -244,7 +248,7 @@ impl Reconciler {
         let mut touched = self.machines_of_engine(&state, engine);
         touched.extend(listed.keys().cloned());
         for uuid in &touched {
-            if state.recorded.get(uuid).is_some_and(|at| *at > since) {
+            if state.recorded.get(&(uuid.clone(), engine.to_string())).is_some_and(|at| *at > since) {
                 continue;
             }
             let mut agents: Vec<Agent> = state.actual.remove(uuid).unwrap_or_default();
@@ -314,28 +318,28 @@ impl Reconciler {
         }
     }
 
-    /// An agent was removed in the runtime: if it is one we believe in (not one our own
-    /// stop already forgot, nor an earlier container of the same name), forget it and
-    /// settle its machine, which starts a new one if it is still wanted.
+    /// An agent was removed in the runtime. Whether or not we believed in it (our own
+    /// stop may already have forgotten it; a listing under way may be about to add it),
+    /// it is forgotten (unless it is a later container of the same name), no listing
+    /// begun before now may bring it back, and its machine is settled, which starts a new
+    /// agent if one is still wanted.
     fn on_agent_gone(self: &Arc<Self>, engine: &str, gone: &AgentGone) {
         let forgot = {
             let mut state = self.state();
-            let Some(agents) = state.actual.get_mut(&gone.machine) else { return };
+            state.stamp(&gone.machine, engine);
+            let agents = state.actual.entry(gone.machine.clone()).or_default();
             let before = agents.len();
             agents.retain(|a| !(a.engine == engine && a.name == gone.name && (a.id.is_empty() || a.id == gone.id)));
             let forgot = agents.len() != before;
             if agents.is_empty() {
                 state.actual.remove(&gone.machine);
             }
-            if forgot {
-                state.stamp(&gone.machine);
-            }
             forgot
         };
         if forgot {
             tracing::info!(agent = %gone.name, engine, "agent removed in the runtime; settling its machine");
-            self.mark(gone.machine.clone());
         }
+        self.mark(gone.machine.clone());
     }
 
     /// Machines that want an agent on `engine` or are believed to have one there.
@@ -544,10 +548,20 @@ impl Reconciler {
 
     /// Makes the actual state of one machine match its desired state. An error says
     /// what failed and whether it is permanent (see [`AgentError::is_permanent`]).
+    ///
+    /// A download the start needs is done first, without the machine's lock (an
+    /// `agentStop` meanwhile is not kept waiting); the decision is then taken afresh
+    /// under the lock, and the download counts only if the start is still the same.
     async fn settle(&self, uuid: &str) -> Result<(), (String, bool)> {
+        let failed = |f: AgentFailure| (f.to_string(), f.source.is_permanent());
+        let planned = self.decide(uuid).map_err(|e| (e.to_string(), e.is_permanent()))?.start;
+        // A failed download fails the start only: the stops below still happen.
+        let pulled = match &planned {
+            Some((agent, context)) => self.pull(agent, context).await,
+            None => Ok(false),
+        };
         let _machine = self.lock_machine(uuid).await;
         let decision = self.decide(uuid).map_err(|e| (e.to_string(), e.is_permanent()))?;
-        let failed = |f: AgentFailure| (f.to_string(), f.source.is_permanent());
         if let Some(agent) = &decision.adopt {
             self.record(&Agent { manual: false, ..agent.clone() }, true);
         }
@@ -555,18 +569,42 @@ impl Reconciler {
             self.stop(agent).await.map_err(failed)?;
         }
         if let Some((agent, context)) = &decision.start {
-            self.start(agent, context).await.map_err(failed)?;
+            let still = planned.as_ref().is_some_and(|(a, c)| a.same_as(agent) && c == context);
+            let pulled = if still { pulled.map_err(failed)? } else { false };
+            self.start(agent, context, pulled).await.map_err(failed)?;
         }
         Ok(())
     }
 
+    fn first_of_context(&self, agent: &Agent) -> bool {
+        !self.state().actual.values().flatten().any(|a| a.context == agent.context && a.machine != agent.machine)
+    }
+
+    /// Settles the `Imagepull` a start of `agent` needs, without any lock (see
+    /// [`agents::pull`]); returns whether there was one. A failure is published as
+    /// `agent-failed`.
+    pub async fn pull(&self, agent: &Agent, context: &Context) -> Result<bool, AgentFailure> {
+        let pulled = async {
+            let engine = self.plugin.registry.get(&agent.engine)?;
+            agents::pull(&self.plugin, &engine, agent, context, self.first_of_context(agent)).await
+        };
+        match pulled.await {
+            Ok(pulled) => Ok(pulled),
+            Err(source) => {
+                let failure = AgentFailure::new("fetching the image of", agent, source);
+                self.plugin.publish("agent-failed", &agent.name, agent_event(agent, Some(&failure.to_string()))).await;
+                Err(failure)
+            }
+        }
+    }
+
     /// Starts `agent` and records it; a failure is published as `agent-failed`. Caller
-    /// holds the machine lock.
-    pub async fn start(&self, agent: &Agent, context: &Context) -> Result<AgentInfo, AgentFailure> {
-        let first_of_context = !self.state().actual.values().flatten().any(|a| a.context == agent.context && a.machine != agent.machine);
+    /// holds the machine lock; `pulled` says [`Reconciler::pull`] ran for this start.
+    pub async fn start(&self, agent: &Agent, context: &Context, pulled: bool) -> Result<AgentInfo, AgentFailure> {
+        let first_of_context = self.first_of_context(agent);
         let started = async {
             let engine = self.plugin.registry.get(&agent.engine)?;
-            agents::start(&self.plugin, engine, agent, context, first_of_context).await
+            agents::start(&self.plugin, engine, agent, context, first_of_context, pulled).await
         };
         match started.await {
             Ok(info) => {
@@ -600,7 +638,7 @@ impl Reconciler {
     /// Records what our own start or stop did to the agent (found by name and engine).
     fn record(&self, agent: &Agent, running: bool) {
         let mut state = self.state();
-        state.stamp(&agent.machine);
+        state.stamp(&agent.machine, &agent.engine);
         let agents = state.actual.entry(agent.machine.clone()).or_default();
         agents.retain(|a| a.name != agent.name || a.engine != agent.engine);
         if running {
