@@ -167,11 +167,15 @@ async fn bad_requests_get_clear_errors_and_the_plugin_keeps_serving() -> anyhow:
 async fn stop_replies_leaves_and_exits_zero() -> anyhow::Result<()> {
     let (sim, plugin) = started().await?;
     let sock = plugin.to_sock().to_path_buf();
-    sim.wait_for("event stream", std::time::Duration::from_secs(30), || (sim.ws_connects() > 0).then_some(())).await?;
-    let registrations = sim.registrations();
-    for topic in ["machines.*.*", "contexts.*.*"] {
-        ensure!(registrations.iter().any(|r| r == topic), "not registered for {topic}: {registrations:?}");
-    }
+    // A connection counts before its register frames are read: wait for those.
+    let wanted = ["machines.*.*", "contexts.*.*"];
+    let registered = sim
+        .wait_for("event stream registrations", std::time::Duration::from_secs(30), || {
+            let registrations = sim.registrations();
+            wanted.iter().all(|t| registrations.iter().any(|r| r == t)).then_some(registrations)
+        })
+        .await;
+    ensure!(registered.is_ok(), "not registered for {wanted:?}: {:?}", sim.registrations());
     // Log lines reach dr-provision through the client socket.
     sim.wait_for("forwarded log line", std::time::Duration::from_secs(10), || {
         sim.logs().into_iter().find(|l| l["Message"].as_str().is_some_and(|m| m.contains("event stream")))
