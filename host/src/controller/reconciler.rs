@@ -430,6 +430,10 @@ impl Reconciler {
         loop {
             let permits = Arc::clone(&self.permits.lock().unwrap_or_else(|p| p.into_inner()));
             let permit = permits.acquire_owned().await;
+            // Stopping: what has not begun is left for the next run's reconcile.
+            if self.closed.load(Ordering::SeqCst) {
+                break;
+            }
             let outcome = match self.settle(&uuid).await {
                 Ok(()) => Outcome::Done,
                 Err((failure, permanent)) => {
@@ -442,7 +446,7 @@ impl Reconciler {
             drop(permit);
             let again = self.state().queue.done(&uuid, outcome, Instant::now());
             self.retry_changed.notify_one();
-            if !again {
+            if !again || self.closed.load(Ordering::SeqCst) {
                 break;
             }
         }
@@ -480,11 +484,14 @@ impl Reconciler {
         });
     }
 
-    /// For a clean stop: queues nothing more and waits up to `limit` for the settles
-    /// under way (a start between its create and its start above all) to finish.
-    /// Returns whether they did; what is cut short is found by the next run's listing.
+    /// For a clean stop: begins nothing more (queued machines are left to the next
+    /// run's reconcile) and waits up to `limit` for the settles under way (a start
+    /// between its create and its start above all) to finish. Returns whether they did;
+    /// what is cut short is found by the next run's listing.
     pub async fn drain(&self, limit: Duration) -> bool {
         self.closed.store(true, Ordering::SeqCst);
+        // Workers still waiting to learn dr-provision's state go on to see `closed`.
+        self.learned.send_replace(true);
         tokio::time::timeout(limit, self.idle()).await.is_ok()
     }
 
