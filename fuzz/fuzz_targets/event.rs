@@ -8,12 +8,12 @@
 
 use std::sync::{Arc, OnceLock};
 
+use context_engines::controller::reconciler::Reconciler;
 use context_engines::drp_socket::DrpSocket;
 use context_engines::environment::Environment;
 use context_engines::events::Event;
 use context_engines::params::Settings;
 use context_engines::plugin::Plugin;
-use context_engines::reconciler::Reconciler;
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 
