@@ -145,7 +145,7 @@ async fn agent_stop(plugin: &Plugin, reconciler: &Reconciler, model: &Value, par
             .or_else(|| reconciler.context(&context_name).map(|c| agents::engine_for(&c, &plugin.settings().default_engine)))
             .unwrap_or_else(|| plugin.settings().default_engine.clone()),
     };
-    let engine = plugin.registry.get(&engine_name)?;
+    let engine = plugin.registry.resolve(&engine_name)?;
     // Only an agent of ours is stopped: a container of that name with another plugin's
     // label (or none) is not ours to remove, so for us the agent is absent.
     let plugin_name = plugin.settings().plugin_name.clone();

@@ -204,9 +204,13 @@ fn engine_config(params: &Map<String, Value>) -> Result<BTreeMap<String, Map<Str
         .collect()
 }
 
-/// Key of a native engine's settings: seconds a runtime request may take (image loads
-/// excepted), 1 to 3600.
+/// Key of an engine's settings: seconds a runtime request may take, 1 to 3600. Native
+/// engines bound every request but an image load by it; WASM engines bound the time
+/// their runtime takes after an image archive's last byte.
 pub const REQUEST_TIMEOUT_SECS: &str = "request-timeout-secs";
+/// `request-timeout-secs` when unset: a runtime that hangs fails the call (and frees the
+/// machine's lock) within this, and a stop's grace period fits in it many times over.
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 120;
 
 /// The engine's `request-timeout-secs`, if set; a wrong one is refused by name.
 pub fn request_timeout(engine: &str, settings: &Map<String, Value>) -> Result<Option<u64>, ParamError> {

@@ -1,6 +1,11 @@
 //! The engine registry: which engine answers to which name. Native engines are always
 //! there; WASM engines from the engines directory take precedence over a native engine
 //! of the same name.
+//!
+//! An engine that stops answering to its name (its file removed, or shadowed by a WASM
+//! engine of the same name) is not forgotten while agents it started may run: it
+//! *drains* under the key `name@kind`, still listed and still stopping its agents, until
+//! a listing finds none of them. New starts go to whatever answers to the name now.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -44,6 +49,42 @@ pub struct Registry {
     wasm: RwLock<BTreeMap<String, Arc<WasmEngine>>>,
     /// Engine files that failed to load, with the reason: shown, never fatal.
     broken: RwLock<BTreeMap<String, String>>,
+    /// Engines that no longer answer to their name, by drain key (see the module docs).
+    draining: RwLock<BTreeMap<String, Arc<dyn Engine>>>,
+}
+
+/// Agents once known by engine key `from` are now to be known by `to`: what a change of
+/// engines means for the agents already recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rekey {
+    pub from: String,
+    pub to: String,
+}
+
+/// The key of an engine that drains: its name and where it came from.
+pub fn drain_key(name: &str, kind: &str) -> String {
+    format!("{name}@{kind}")
+}
+
+fn drain(draining: &mut BTreeMap<String, Arc<dyn Engine>>, name: &str, engine: Arc<dyn Engine>) -> Rekey {
+    let key = drain_key(name, engine.kind());
+    tracing::info!("engine '{name}' ({}) no longer answers to its name; it drains as '{key}'", engine.kind());
+    draining.insert(key.clone(), engine);
+    Rekey { from: name.to_string(), to: key }
+}
+
+fn revive(draining: &mut BTreeMap<String, Arc<dyn Engine>>, name: &str, kind: &str) -> Option<Rekey> {
+    let key = drain_key(name, kind);
+    draining.remove(&key).map(|_| Rekey { from: key, to: name.to_string() })
+}
+
+pub fn is_drain_key(key: &str) -> bool {
+    key.contains('@')
+}
+
+/// The engine name in an engine key (engine names cannot hold `@`).
+pub fn engine_name(key: &str) -> &str {
+    key.split('@').next().unwrap_or(key)
 }
 
 const NATIVE: &[(&str, Flavor)] = &[("docker", Flavor::Docker), ("podman", Flavor::Podman)];
@@ -89,6 +130,38 @@ impl Registry {
         self.names().iter().filter_map(|n| self.get(n).ok()).collect()
     }
 
+    /// The engine an agent recorded under `key` belongs to: a draining engine by its
+    /// drain key, any other by its name.
+    pub fn resolve(&self, key: &str) -> Result<Arc<dyn Engine>, UnknownEngine> {
+        match self.draining.read().unwrap_or_else(|p| p.into_inner()).get(key) {
+            Some(engine) => Ok(Arc::clone(engine)),
+            None => self.get(key),
+        }
+    }
+
+    /// Every engine whose agents are to be listed, by key: those answering to a name,
+    /// then those draining.
+    pub fn listed(&self) -> Vec<(String, Arc<dyn Engine>)> {
+        let mut listed: Vec<(String, Arc<dyn Engine>)> = self.all().into_iter().map(|e| (e.name().to_string(), e)).collect();
+        let draining = self.draining.read().unwrap_or_else(|p| p.into_inner());
+        listed.extend(draining.iter().map(|(key, engine)| (key.clone(), Arc::clone(engine))));
+        listed
+    }
+
+    pub fn is_draining(&self, key: &str) -> bool {
+        self.draining.read().unwrap_or_else(|p| p.into_inner()).contains_key(key)
+    }
+
+    /// Forgets a draining engine once a listing found none of its agents (and it is
+    /// still the same engine under that key).
+    pub fn retire(&self, key: &str, engine: &Arc<dyn Engine>) {
+        let mut draining = self.draining.write().unwrap_or_else(|p| p.into_inner());
+        if draining.get(key).is_some_and(|e| Arc::ptr_eq(e, engine)) {
+            draining.remove(key);
+            tracing::info!("engine '{key}' drained: none of its agents is left");
+        }
+    }
+
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.native.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         names.extend(self.wasm.read().unwrap_or_else(|p| p.into_inner()).keys().cloned());
@@ -105,13 +178,50 @@ impl Registry {
         self.native.write().unwrap_or_else(|p| p.into_inner()).insert(engine.name().to_string(), native);
     }
 
-    pub fn set_wasm(&self, engines: BTreeMap<String, Arc<WasmEngine>>, broken: BTreeMap<String, String>) {
-        *self.wasm.write().unwrap_or_else(|p| p.into_inner()) = engines;
+    /// Puts the engines directory's engines in place. An engine whose name no longer
+    /// answers with it (removed, or a WASM file now shadowing a native engine) drains;
+    /// one that answers again (the file back, or the shadow gone) takes its agents back.
+    /// A file replaced by a new version is the same engine. Returns what the agents
+    /// already recorded are to be known by now, in order.
+    /// Drains the native engine `name` and puts `successor` (if any) in its place: the
+    /// unit tests' stand-in for a WASM file shadowing it or an engine going away.
+    #[cfg(test)]
+    pub fn replace_native(&self, name: &str, successor: Option<Arc<dyn Engine>>) -> Vec<Rekey> {
+        let mut native = self.native.write().unwrap_or_else(|p| p.into_inner());
+        let mut draining = self.draining.write().unwrap_or_else(|p| p.into_inner());
+        let Some(old) = native.remove(name) else { return Vec::new() };
+        let rekey = drain(&mut draining, name, old.engine);
+        if let Some(engine) = successor {
+            native.insert(name.to_string(), Native { engine, settings: Map::new() });
+        }
+        vec![rekey]
+    }
+
+    pub fn set_wasm(&self, engines: BTreeMap<String, Arc<WasmEngine>>, broken: BTreeMap<String, String>) -> Vec<Rekey> {
+        let native = self.native.read().unwrap_or_else(|p| p.into_inner());
+        let mut wasm = self.wasm.write().unwrap_or_else(|p| p.into_inner());
+        let mut draining = self.draining.write().unwrap_or_else(|p| p.into_inner());
+        let mut rekeys = Vec::new();
+        for (name, old) in wasm.iter().filter(|(name, _)| !engines.contains_key(*name)) {
+            rekeys.push(drain(&mut draining, name, Arc::clone(old) as Arc<dyn Engine>));
+            if let Some(n) = native.get(name) {
+                rekeys.extend(revive(&mut draining, name, n.engine.kind()));
+            }
+        }
+        for name in engines.keys().filter(|name| !wasm.contains_key(*name)) {
+            if let Some(n) = native.get(name) {
+                rekeys.push(drain(&mut draining, name, Arc::clone(&n.engine)));
+            }
+            rekeys.extend(revive(&mut draining, name, "wasm"));
+        }
+        *wasm = engines;
         *self.broken.write().unwrap_or_else(|p| p.into_inner()) = broken;
+        rekeys
     }
 
     /// Status of every engine, asking each for its version (so a runtime that is down
-    /// shows as such) plus every engine file that failed to load.
+    /// shows as such), then every draining engine and every engine file that failed to
+    /// load.
     pub async fn status(&self) -> Vec<EngineStatus> {
         let mut rows = Vec::new();
         for engine in self.all() {
@@ -132,6 +242,17 @@ impl Registry {
                 },
             };
             rows.push(row);
+        }
+        let draining: Vec<(String, Arc<dyn Engine>)> =
+            self.draining.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, e)| (k.clone(), Arc::clone(e))).collect();
+        for (key, engine) in draining {
+            rows.push(EngineStatus {
+                name: key,
+                kind: engine.kind().to_string(),
+                version: String::new(),
+                state: "draining".to_string(),
+                error: Some(format!("no longer answers to '{}'; kept until its agents are stopped", engine.name())),
+            });
         }
         for (name, why) in self.broken.read().unwrap_or_else(|p| p.into_inner()).iter() {
             rows.push(EngineStatus {

@@ -2,6 +2,7 @@
 //! the real plugin binary.
 
 pub mod archive;
+pub mod load_proxy;
 pub mod plugin;
 pub mod sim;
 pub mod stall_proxy;

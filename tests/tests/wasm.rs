@@ -7,8 +7,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
+use ce_tests::load_proxy::{LoadProxy, OnLoad};
 use ce_tests::plugin_bin;
-use ce_tests::world::{DOCKER_TCP, World, run_scenario, unique, wasm_engines};
+use ce_tests::world::{DOCKER_TCP, PODMAN_TCP, World, list_containers, run_scenario, unique, wasm_engines};
 use serde_json::{Value, json};
 
 const SETTLE: Duration = Duration::from_secs(60);
@@ -224,4 +225,150 @@ fn unpack_writes_the_bundled_engines() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The `docker-api` engine's settings for the Engine API at `authority`.
+fn docker_api_at(authority: &str) -> Value {
+    json!({"base-url": format!("http://{authority}"), "allowed-hosts": [authority]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_engine_drains_its_agents_run_until_their_machines_move() {
+    run_scenario("docker_api", "a_removed_engine_drains_its_agents_run_until_their_machines_move", async |w| {
+        let mut params = w.params();
+        // Resyncs every 2 s: the drained engine is let go at a listing.
+        params["context-engines/resync-secs"] = json!(2);
+        let (code, body) = w.plugin().config(params).await?;
+        ensure!(code == 200, "config: {code} {body}");
+        let image = w.image();
+        w.upload("plain.tar", &image).await?;
+        w.sim.put_context(w.context("wasm", &image));
+        let machines = [unique("m"), unique("m")];
+        for uuid in &machines {
+            w.sim.put_machine(World::machine(uuid, "wasm"));
+        }
+        let before: Vec<Option<String>> = w.wait_agents(2, SETTLE).await?.into_iter().map(|a| a.id).collect();
+        std::fs::remove_file(engines_dir(w).join("docker-api.wasm"))?;
+        let row = wait_row(w, "docker-api@wasm", |r| r.is_some()).await?.context("draining row")?;
+        ensure!(row["state"] == "draining", "row {row}");
+        // Its machines change (and resyncs pass): their agents keep running, untouched.
+        for uuid in &machines {
+            w.sim.put_machine(World::machine(uuid, "wasm"));
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut after: Vec<Option<String>> = w.wait_agents(2, SETTLE).await?.into_iter().map(|a| a.id).collect();
+        let mut want = before.clone();
+        after.sort();
+        want.sort();
+        ensure!(after == want, "the agents were replaced: {before:?} -> {after:?}");
+        // Moved out, they are stopped by the engine that started them, and then it goes.
+        for uuid in &machines {
+            w.sim.put_machine(World::machine(uuid, ""));
+        }
+        w.wait_agents(0, SETTLE).await?;
+        wait_row(w, "docker-api@wasm", |r| r.is_none()).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wasm_docker_on_another_runtime_takes_over_and_the_native_agents_are_stopped() {
+    run_scenario("docker", "a_wasm_docker_on_another_runtime_takes_over_and_the_native_agents_are_stopped", async |w| {
+        let image = w.image();
+        w.upload("plain.tar", &image).await?;
+        w.sim.put_context(w.context("ctx", &image));
+        let uuid = unique("m");
+        w.sim.put_machine(World::machine(&uuid, "ctx"));
+        w.wait_agents(1, SETTLE).await?;
+        // "docker" is now docker-api talking to Podman.
+        let mut params = w.params();
+        params["context-engines/engine-config"]["docker"] =
+            json!({"host": ce_tests::world::DOCKER_SOCK, "base-url": format!("http://{PODMAN_TCP}"), "allowed-hosts": [PODMAN_TCP]});
+        let (code, body) = w.plugin().config(params).await?;
+        ensure!(code == 200, "config: {code} {body}");
+        install(w, "docker-api.wasm", "docker")?;
+        wait_row(w, "docker", |r| r.is_some_and(|r| r["kind"] == "wasm")).await?;
+        w.upload("plain.tar", &image).await?;
+        w.sim.put_machine(World::machine(&uuid, "ctx"));
+        let label = format!("drp.plugin={}", w.plugin_name);
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let on_docker = list_containers(ce_tests::world::DOCKER_SOCK, &label).await?;
+            let on_podman = list_containers(ce_tests::world::PODMAN_SOCK, &label).await?;
+            let running = |c: &Vec<ce_tests::world::ContainerSummary>| c.iter().filter(|c| c.state.as_deref() == Some("running")).count();
+            if on_docker.is_empty() && on_podman.len() == 1 && running(&on_podman) == 1 {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "docker {} / podman {} agents\n{}", on_docker.len(), on_podman.len(), w.stderr_tail());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        // Removing the file hands "docker" back to dockerd, and the agent moves back.
+        std::fs::remove_file(engines_dir(w).join("docker.wasm"))?;
+        w.sim.put_machine(World::machine(&uuid, "ctx"));
+        w.wait_agents(1, SETTLE).await?;
+        let deadline = Instant::now() + SETTLE;
+        while !list_containers(ce_tests::world::PODMAN_SOCK, &label).await?.is_empty() {
+            ensure!(Instant::now() < deadline, "the Podman agent was left behind\n{}", w.stderr_tail());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_load_the_runtime_stops_reading_fails_within_the_deadline() {
+    run_scenario("docker_api", "an_image_load_the_runtime_stops_reading_fails_within_the_deadline", async |w| {
+        let proxy = LoadProxy::start(DOCKER_TCP, OnLoad::StopReading).await?;
+        let mut params = w.params();
+        params["context-engines/wasm-deadline-ms"] = json!(2000);
+        params["context-engines/engine-config"]["docker-api"] = docker_api_at(&proxy.authority());
+        let (code, body) = w.plugin().config(params).await?;
+        ensure!(code == 200, "config: {code} {body}");
+        // Larger than every socket buffer between the engine and the proxy.
+        std::fs::write(w.sim.webroot().join("files/fixtures/big.tar"), vec![0u8; 64 << 20])?;
+        let started = Instant::now();
+        let (code, body) =
+            w.action("imageUpload", json!({"context/image-name": w.image(), "context/image-path": "files/fixtures/big.tar"})).await?;
+        let took = started.elapsed();
+        let message = body["Messages"].to_string();
+        ensure!(proxy.loads() == 1, "the load never reached the proxy ({} loads): {code} {body}", proxy.loads());
+        ensure!(code >= 400 && message.contains("made no progress for 2000 ms"), "{code} {body}");
+        ensure!(took < Duration::from_secs(30), "the stall was noticed only after {took:?}");
+        // The engine still serves.
+        let (code, _) = w.action("imageExists", json!({"context/image-name": w.image()})).await?;
+        ensure!(code == 200, "imageExists after the stall: {code}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_load_answered_late_is_bounded_by_the_request_timeout_not_the_deadline() {
+    run_scenario("docker_api", "an_image_load_answered_late_is_bounded_by_the_request_timeout_not_the_deadline", async |w| {
+        let proxy = LoadProxy::start(DOCKER_TCP, OnLoad::HoldAnswer(Duration::from_secs(4))).await?;
+        let mut params = w.params();
+        params["context-engines/wasm-deadline-ms"] = json!(1000);
+        params["context-engines/engine-config"]["docker-api"] = docker_api_at(&proxy.authority());
+        let (code, body) = w.plugin().config(params.clone()).await?;
+        ensure!(code == 200, "config: {code} {body}");
+        // Answered 4 s after the last byte, past the 1 s call deadline: still a success.
+        let image = w.image();
+        w.upload("plain.tar", &image).await?;
+        let (code, body) = w.action("imageExists", json!({"context/image-name": image})).await?;
+        ensure!(code == 200 && body == json!(true), "loaded image: {code} {body}");
+        // With a request timeout of 1 s, the same late answer fails the load, saying so.
+        params["context-engines/engine-config"]["docker-api"]["request-timeout-secs"] = json!(1);
+        let (code, body) = w.plugin().config(params).await?;
+        ensure!(code == 200, "config: {code} {body}");
+        let (code, body) = w
+            .action("imageUpload", json!({"context/image-name": "ce-test/late:2", "context/image-path": "files/fixtures/plain.tar"}))
+            .await?;
+        let message = body["Messages"].to_string();
+        ensure!(code >= 400 && message.contains("within 1 s after the archive's last byte"), "{code} {body}");
+        ensure!(proxy.loads() == 2, "loads through the proxy: {}", proxy.loads());
+        Ok(())
+    })
+    .await
 }

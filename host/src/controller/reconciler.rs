@@ -30,6 +30,7 @@ use crate::drp::{Context, Machine};
 use crate::engine::{AgentGone, AgentInfo, Engine, labels};
 use crate::events::Event;
 use crate::plugin::Plugin;
+use crate::registry::{self, Rekey};
 
 /// Longest wait for one engine's listing. Native engines bound each request by their own
 /// `request-timeout-secs` and WASM engines by their call deadline; this is the bound for
@@ -156,13 +157,13 @@ impl Reconciler {
     pub async fn full(self: &Arc<Self>) -> Result<(), String> {
         let machines = self.plugin.drp.machines().await.map_err(|e| e.to_string())?;
         let contexts = self.plugin.drp.contexts().await.map_err(|e| e.to_string())?;
-        let engines = self.plugin.registry.all();
+        let engines = self.plugin.registry.listed();
         let unlisted: Vec<String> = {
             let mut state = self.state();
             state.machines = machines.into_iter().map(|m| (m.uuid.clone(), m)).collect();
             state.contexts = contexts.into_iter().map(|c| (c.name.clone(), c)).collect();
             self.learned.send_replace(true);
-            let listed: BTreeSet<&str> = engines.iter().map(|e| e.name()).collect();
+            let listed: BTreeSet<&str> = engines.iter().map(|(key, _)| key.as_str()).collect();
             // Machines no engine listing will settle: none wanted, or an unknown engine
             // (which settling reports).
             let uuids: Vec<String> = state.machines.keys().cloned().collect();
@@ -172,32 +173,33 @@ impl Reconciler {
         for uuid in unlisted {
             self.mark(uuid);
         }
-        for engine in engines {
-            self.relist(engine);
+        for (key, engine) in engines {
+            self.relist(key, engine);
         }
         Ok(())
     }
 
-    /// Lists `engine`'s agents in a task of its own and merges what it finds; a listing
-    /// already under way for it is followed by one more.
-    fn relist(self: &Arc<Self>, engine: Arc<dyn Engine>) {
+    /// Lists the agents of `engine` (known by `key`, see [`crate::registry`]) in a task
+    /// of its own and merges what it finds; a listing already under way for it is
+    /// followed by one more.
+    fn relist(self: &Arc<Self>, key: String, engine: Arc<dyn Engine>) {
         {
             let mut state = self.state();
-            if let Some(again) = state.listing.get_mut(engine.name()) {
+            if let Some(again) = state.listing.get_mut(&key) {
                 *again = true;
                 return;
             }
-            state.listing.insert(engine.name().to_string(), false);
+            state.listing.insert(key.clone(), false);
         }
         let this = Arc::clone(self);
         tokio::spawn(async move {
             loop {
-                this.list_and_merge(&engine).await;
+                this.list_and_merge(&key, &engine).await;
                 let mut state = this.state();
-                match state.listing.get_mut(engine.name()) {
+                match state.listing.get_mut(&key) {
                     Some(again) if *again => *again = false,
                     _ => {
-                        state.listing.remove(engine.name());
+                        state.listing.remove(&key);
                         return;
                     }
                 }
@@ -205,7 +207,7 @@ impl Reconciler {
         });
     }
 
-    async fn list_and_merge(self: &Arc<Self>, engine: &Arc<dyn Engine>) {
+    async fn list_and_merge(self: &Arc<Self>, key: &str, engine: &Arc<dyn Engine>) {
         let plugin_name = self.plugin.settings().plugin_name.clone();
         let since = self.state().clock;
         let filter = [(labels::PLUGIN, plugin_name.as_str()), (labels::ENGINE, engine.name())];
@@ -214,20 +216,32 @@ impl Reconciler {
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("listing did not finish within {}s", LIST_BOUND.as_secs())),
         };
+        // Engines changed while it ran: the key now names another engine (or none), whose
+        // own listing is the one to believe.
+        if !self.plugin.registry.resolve(key).is_ok_and(|now| Arc::ptr_eq(&now, engine)) {
+            tracing::debug!("a listing of engine '{key}' outlived its engine; ignored");
+            return;
+        }
         let touched = match listed {
-            Ok(found) => self.merge(engine.name(), since, &found),
+            Ok(found) => {
+                let touched = self.merge(key, since, &found);
+                if self.plugin.registry.is_draining(key) && !self.state().actual.values().flatten().any(|a| a.engine == key) {
+                    self.plugin.registry.retire(key, engine);
+                }
+                touched
+            }
             Err(error) => {
                 // Keep what we believed about an engine we could not ask, and settle its
                 // machines anyway: each reports the runtime's own error.
                 // Machines already backing off keep their own schedule: a runtime that is
                 // down must not have every machine retried in step at each relist.
                 let state = self.state();
-                if self.engines_in_use(&state).contains(engine.name()) {
-                    tracing::warn!("cannot list agents of engine '{}', which a context uses: {error}", engine.name());
+                if self.engines_in_use(&state).contains(key) || registry::is_drain_key(key) {
+                    tracing::warn!("cannot list agents of engine '{key}', which a context uses or which drains: {error}");
                 } else {
-                    tracing::debug!("engine '{}' not listed (no context uses it): {error}", engine.name());
+                    tracing::debug!("engine '{key}' not listed (no context uses it): {error}");
                 }
-                let mut touched = self.machines_of_engine(&state, engine.name());
+                let mut touched = self.machines_of_engine(&state, key);
                 touched.retain(|uuid| !state.queue.failures().contains_key(uuid));
                 touched
             }
@@ -237,23 +251,35 @@ impl Reconciler {
         }
     }
 
-    /// Folds one engine's listing, begun at `since`, into the actual state; returns the
-    /// machines to settle: those that have or want an agent on this engine.
-    fn merge(&self, engine: &str, since: u64, found: &[AgentInfo]) -> BTreeSet<String> {
+    /// Folds the listing of the engine known by `key`, begun at `since`, into the actual
+    /// state; returns the machines to settle: those that have or want an agent on it.
+    ///
+    /// An engine and a draining one may see the same container (a WASM engine shadowing
+    /// the native engine of the same runtime): the container is the answering engine's,
+    /// whichever listing comes first.
+    fn merge(&self, key: &str, since: u64, found: &[AgentInfo]) -> BTreeSet<String> {
+        let draining = registry::is_drain_key(key);
         let mut listed: HashMap<String, Vec<Agent>> = HashMap::new();
-        for agent in found.iter().filter_map(Agent::from_labels).filter(|a| a.engine == engine) {
-            listed.entry(agent.machine.clone()).or_default().push(agent);
+        for agent in found.iter().filter_map(Agent::from_labels).filter(|a| a.engine == registry::engine_name(key)) {
+            listed.entry(agent.machine.clone()).or_default().push(Agent { engine: key.to_string(), ..agent });
         }
         let mut state = self.state();
-        let mut touched = self.machines_of_engine(&state, engine);
+        let mut touched = self.machines_of_engine(&state, key);
         touched.extend(listed.keys().cloned());
         for uuid in &touched {
-            if state.recorded.get(&(uuid.clone(), engine.to_string())).is_some_and(|at| *at > since) {
+            if state.recorded.get(&(uuid.clone(), key.to_string())).is_some_and(|at| *at > since) {
                 continue;
             }
             let mut agents: Vec<Agent> = state.actual.remove(uuid).unwrap_or_default();
-            agents.retain(|a| a.engine != engine);
-            agents.extend(listed.remove(uuid).unwrap_or_default());
+            agents.retain(|a| a.engine != key);
+            let mut mine = listed.remove(uuid).unwrap_or_default();
+            let same = |a: &Agent, b: &Agent| !a.id.is_empty() && a.id == b.id;
+            if draining {
+                mine.retain(|m| !agents.iter().any(|a| !registry::is_drain_key(&a.engine) && same(a, m)));
+            } else {
+                agents.retain(|a| !(registry::is_drain_key(&a.engine) && mine.iter().any(|m| same(a, m))));
+            }
+            agents.extend(mine);
             if !agents.is_empty() {
                 state.actual.insert(uuid.clone(), agents);
             }
@@ -281,9 +307,10 @@ impl Reconciler {
             let plugin_name = self.plugin.settings().plugin_name.clone();
             let filter = [(labels::PLUGIN, plugin_name.as_str()), (labels::ENGINE, name.as_str())];
             match engine.agent_events(&filter).await {
-                Ok(None) => return,
+                // No feed (a WASM engine); the name may be a native engine's again later.
+                Ok(None) => {}
                 Ok(Some(mut feed)) => {
-                    self.relist(Arc::clone(&engine));
+                    self.relist(name.clone(), Arc::clone(&engine));
                     // A reconfigure may put a new engine (another host) under this name.
                     let mut still_current = tokio::time::interval(Duration::from_secs(10));
                     loop {
@@ -340,6 +367,23 @@ impl Reconciler {
             tracing::info!(agent = %gone.name, engine, "agent removed in the runtime; settling its machine");
         }
         self.mark(gone.machine.clone());
+    }
+
+    /// Engines changed (see [`crate::registry::Registry::set_wasm`]): agents recorded
+    /// under one engine key are now known by another, so they are stopped by the engine
+    /// that started them.
+    pub fn rekey(&self, rekeys: &[Rekey]) {
+        let mut state = self.state();
+        for Rekey { from, to } in rekeys {
+            let mut moved = Vec::new();
+            for agent in state.actual.values_mut().flatten().filter(|a| a.engine == *from) {
+                agent.engine = to.clone();
+                moved.push(agent.machine.clone());
+            }
+            for machine in moved {
+                state.stamp(&machine, to);
+            }
+        }
     }
 
     /// Machines that want an agent on `engine` or are believed to have one there.
@@ -538,7 +582,7 @@ impl Reconciler {
         let mut keep = false;
         for agent in actual {
             let wanted = desired.as_ref().map(|(want, _)| want);
-            if !keep && agent.running && wanted.is_some_and(|want| want.same_as(&agent)) {
+            if !keep && agent.running && wanted.is_some_and(|want| self.serves(want, &agent)) {
                 keep = true;
                 if agent.manual {
                     decision.adopt = Some(agent);
@@ -551,6 +595,19 @@ impl Reconciler {
         }
         decision.start = desired.filter(|_| !keep);
         Ok(decision)
+    }
+
+    /// Whether `agent` is the wanted agent `want`. An agent of a draining engine is, if
+    /// nothing answers to its engine's name now: an engine file removed (or being
+    /// replaced) does not take running agents down with it; only a successor does.
+    fn serves(&self, want: &Agent, agent: &Agent) -> bool {
+        if want.same_as(agent) {
+            return true;
+        }
+        let orphan = registry::is_drain_key(&agent.engine)
+            && registry::engine_name(&agent.engine) == want.engine
+            && self.plugin.registry.get(&want.engine).is_err();
+        orphan && want.same_as(&Agent { engine: want.engine.clone(), ..agent.clone() })
     }
 
     /// Makes the actual state of one machine match its desired state. An error says
@@ -630,7 +687,7 @@ impl Reconciler {
 
     /// Stops `agent` and forgets it. Caller holds the machine lock.
     pub async fn stop(&self, agent: &Agent) -> Result<bool, AgentFailure> {
-        let stopped = async { Ok::<_, AgentError>(self.plugin.registry.get(&agent.engine)?.agent_stop(&agent.name).await?) };
+        let stopped = async { Ok::<_, AgentError>(self.plugin.registry.resolve(&agent.engine)?.agent_stop(&agent.name).await?) };
         let existed = stopped.await.map_err(|source| AgentFailure::new("stopping", agent, source))?;
         self.record(agent, false);
         if existed && agent.running {
@@ -923,7 +980,7 @@ mod tests {
         r.apply(&event("contexts", "create", "c", context("c", "context-engines", "img:1"))).expect("ctx");
         engine.hold_listing.store(true, Ordering::SeqCst);
         let listing_started = engine.listing_started.notified();
-        r.relist(Arc::clone(&engine) as Arc<dyn Engine>);
+        r.relist("docker".to_string(), Arc::clone(&engine) as Arc<dyn Engine>);
         listing_started.await;
         // The listing saw no agent. Now the machine arrives, many times over.
         for _ in 0..50 {
@@ -1010,7 +1067,7 @@ mod tests {
         // A restarted plugin: the engine's listing (its event feed opening) comes first.
         let r = reconciler_with(Some(Arc::clone(&engine)));
         r.learned.send_replace(false);
-        r.relist(Arc::clone(&engine) as Arc<dyn Engine>);
+        r.relist("docker".to_string(), Arc::clone(&engine) as Arc<dyn Engine>);
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(running(&r), vec!["drp-c-m".to_string()], "listed");
         assert_eq!(engine.names(), vec!["drp-c-m".to_string()], "not stopped as unwanted while nothing is known");
@@ -1019,5 +1076,54 @@ mod tests {
         r.learned.send_replace(true);
         r.idle().await;
         assert_eq!((engine.names(), engine.starts()), (vec!["drp-c-m".to_string()], 1), "kept, not restarted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_engine_stops_its_agents_and_new_starts_go_to_its_successor() {
+        let old = Arc::new(MemEngine::default());
+        let r = reconciler_with(Some(Arc::clone(&old)));
+        r.apply(&event("contexts", "create", "c", context("c", "context-engines", "img:1"))).expect("ctx");
+        for m in ["m1", "m2", "m3"] {
+            r.on_event(&event("machines", "create", m, json!({"Uuid": m, "Context": "c"}))).expect(m);
+        }
+        r.idle().await;
+        assert_eq!(old.names(), vec!["drp-c-m1", "drp-c-m2", "drp-c-m3"]);
+        // Another engine now answers to "docker": the old one drains.
+        let new = Arc::new(MemEngine::default());
+        r.rekey(&r.plugin.registry.replace_native("docker", Some(Arc::clone(&new) as Arc<dyn Engine>)));
+        let key = "docker@test/memory";
+        assert!(r.plugin.registry.is_draining(key));
+        let rows = r.plugin.registry.status().await;
+        assert!(rows.iter().any(|row| row.name == key && row.state == "draining"), "{rows:?}");
+        r.on_event(&event("machines", "update", "m1", json!({"Uuid": "m1", "Context": "c"}))).expect("m1");
+        r.on_event(&event("machines", "update", "m2", json!({"Uuid": "m2", "Context": ""}))).expect("m2");
+        r.idle().await;
+        assert_eq!(new.names(), vec!["drp-c-m1"], "the wanted agent moved to the successor");
+        assert_eq!(old.names(), vec!["drp-c-m3"], "the old engine stopped m1's and m2's; m3 was not touched yet");
+        // A listing of the draining engine that still finds an agent keeps it draining.
+        r.relist(key.to_string(), Arc::clone(&old) as Arc<dyn Engine>);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        r.idle().await;
+        assert!(old.names().is_empty() && r.plugin.registry.is_draining(key), "m3 settled by its listing, engine still draining");
+        assert_eq!(new.names(), vec!["drp-c-m1", "drp-c-m3"]);
+        r.relist(key.to_string(), Arc::clone(&old) as Arc<dyn Engine>);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!r.plugin.registry.is_draining(key), "retired once a listing found none of its agents");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_engine_gone_without_successor_keeps_its_agents_until_their_machines_move() {
+        let old = Arc::new(MemEngine::default());
+        let r = reconciler_with(Some(Arc::clone(&old)));
+        r.apply(&event("contexts", "create", "c", context("c", "context-engines", "img:1"))).expect("ctx");
+        r.on_event(&event("machines", "create", "m", json!({"Uuid": "m", "Context": "c"}))).expect("m");
+        r.idle().await;
+        r.rekey(&r.plugin.registry.replace_native("docker", None));
+        r.on_event(&event("machines", "update", "m", json!({"Uuid": "m", "Context": "c"}))).expect("m");
+        r.idle().await;
+        assert_eq!((old.names(), r.summary()["failing"].clone()), (vec!["drp-c-m".to_string()], json!([])), "kept, no error");
+        r.on_event(&event("machines", "update", "m", json!({"Uuid": "m", "Context": ""}))).expect("m");
+        r.idle().await;
+        assert!(old.names().is_empty(), "stopped by the engine that started it");
     }
 }

@@ -21,10 +21,6 @@ use tokio::sync::OnceCell;
 use super::container_list;
 use crate::engine::{AgentEvents, AgentGone, AgentInfo, AgentSpec, ArchiveStream, Engine, EngineError, EngineInfo};
 
-/// Every request but an image load, unless `request-timeout-secs` says otherwise: a
-/// runtime that hangs fails the call (and frees the machine's lock) within this, and a
-/// stop's grace period fits in it many times over.
-const REQUEST_TIMEOUT_SECS: u64 = 120;
 /// Long enough for a multi-gigabyte image load; bollard applies it per request.
 const LOAD_TIMEOUT_SECS: u64 = 900;
 /// Grace period for `processjobs` to finish its current step before it is killed.
@@ -69,7 +65,7 @@ impl RuntimeApiEngine {
             name: name.to_string(),
             flavor,
             host: host.unwrap_or(flavor.default_host()).to_string(),
-            timeout_secs: timeout_secs.unwrap_or(REQUEST_TIMEOUT_SECS),
+            timeout_secs: timeout_secs.unwrap_or(crate::params::DEFAULT_REQUEST_TIMEOUT_SECS),
             client: OnceCell::new(),
         }
     }

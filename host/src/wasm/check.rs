@@ -32,7 +32,7 @@ pub async fn check(path: &Path) -> Result<String, String> {
     let mut store = Store::new(&runtime.engine, state);
     store.limiter(|state| &mut state.limits);
     store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().budget.check()));
-    store.data_mut().budget = Budget::new(limits.deadline, None);
+    store.data_mut().budget = Budget::new(limits.deadline);
     store.set_epoch_deadline(1);
     let instance = loaded.pre.instantiate_async(&mut store).await.map_err(|e| format!("{} does not instantiate: {e:#}", path.display()))?;
     let info = instance

@@ -15,6 +15,7 @@ use super::engine::WasmEngine;
 use super::runtime::WasmRuntime;
 use crate::controller::reconciler::Reconciler;
 use crate::plugin::Plugin;
+use crate::registry::Rekey;
 
 const SCAN_EVERY: Duration = Duration::from_secs(1);
 
@@ -40,8 +41,9 @@ impl EngineDirectory {
         EngineDirectory { runtime, known: Mutex::new(BTreeMap::new()) }
     }
 
-    /// Brings the registry in line with the directory; true when anything changed.
-    pub async fn scan(&self, plugin: &Plugin) -> bool {
+    /// Brings the registry in line with the directory. `None` when nothing changed;
+    /// otherwise what agents already recorded are to be known by now.
+    pub async fn scan(&self, plugin: &Plugin) -> Option<Vec<Rekey>> {
         let settings = plugin.settings();
         let present = match &settings.engines_dir {
             Some(dir) => list(dir),
@@ -63,23 +65,23 @@ impl EngineDirectory {
             tracing::info!("engine '{name}' removed from the engines directory");
             changed = true;
         }
-        if changed {
-            let mut engines = BTreeMap::new();
-            let mut broken = BTreeMap::new();
-            for (name, (_, slot)) in &next {
-                match slot.as_ref() {
-                    Slot::Loaded(engine) => {
-                        engines.insert(name.clone(), Arc::clone(engine));
-                    }
-                    Slot::Broken(why) => {
-                        broken.insert(name.clone(), why.clone());
-                    }
+        if !changed {
+            return None;
+        }
+        let mut engines = BTreeMap::new();
+        let mut broken = BTreeMap::new();
+        for (name, (_, slot)) in &next {
+            match slot.as_ref() {
+                Slot::Loaded(engine) => {
+                    engines.insert(name.clone(), Arc::clone(engine));
+                }
+                Slot::Broken(why) => {
+                    broken.insert(name.clone(), why.clone());
                 }
             }
-            plugin.registry.set_wasm(engines, broken);
-            *self.known.lock().unwrap_or_else(|p| p.into_inner()) = next;
         }
-        changed
+        *self.known.lock().unwrap_or_else(|p| p.into_inner()) = next;
+        Some(plugin.registry.set_wasm(engines, broken))
     }
 
     async fn load(&self, plugin: &Plugin, name: &str, path: &Path) -> Slot {
@@ -117,7 +119,8 @@ impl EngineDirectory {
                 _ = tokio::time::sleep(SCAN_EVERY) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
-            if self.scan(&plugin).await {
+            if let Some(rekeys) = self.scan(&plugin).await {
+                reconciler.rekey(&rekeys);
                 reconciler.request_resync();
             }
         }

@@ -6,8 +6,9 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -20,19 +21,24 @@ use wasmtime_wasi::p2::{DynInputStream, InputStream};
 
 use super::bindings::{self, EnginePre};
 use super::runtime::{Limits, Loaded, WasmRuntime};
-use super::state::{Budget, GuestState};
+use super::state::{Budget, GuestState, Progress};
 use crate::engine::{AgentInfo, AgentSpec, ArchiveStream, Engine, EngineError, EngineInfo};
 
 /// Idle instances kept per engine; more are created under load and dropped after.
 const POOL_SIZE: usize = 8;
 /// Added to the deadline for the host-side timeout, which catches calls blocked in host
 /// I/O (where epoch interruption cannot fire).
-const HOST_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+const HOST_GRACE: Duration = Duration::from_millis(500);
+/// How often the host looks at a streaming call's progress.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
 
 struct Settings {
     json: String,
     allowed_hosts: Vec<String>,
     limits: Limits,
+    /// The engine's `request-timeout-secs`: how long its runtime may take to answer an
+    /// image load after the archive's last byte.
+    request_timeout: Duration,
     generation: u64,
 }
 
@@ -64,6 +70,7 @@ impl WasmEngine {
                 json: Value::Object(settings.clone()).to_string(),
                 allowed_hosts: allowed_hosts(settings),
                 limits,
+                request_timeout: request_timeout(name, settings),
                 generation: 0,
             }),
             pool: Mutex::new(Vec::new()),
@@ -77,12 +84,22 @@ impl WasmEngine {
         if current.json == json && current.limits == limits {
             return;
         }
-        *current = Settings { json, allowed_hosts: allowed_hosts(settings), limits, generation: current.generation + 1 };
+        *current = Settings {
+            json,
+            allowed_hosts: allowed_hosts(settings),
+            limits,
+            request_timeout: request_timeout(&self.name, settings),
+            generation: current.generation + 1,
+        };
         self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     fn limits(&self) -> Limits {
         self.settings.lock().unwrap_or_else(|p| p.into_inner()).limits
+    }
+
+    fn request_timeout(&self) -> Duration {
+        self.settings.lock().unwrap_or_else(|p| p.into_inner()).request_timeout
     }
 
     async fn instance(&self) -> Result<Instance, EngineError> {
@@ -107,7 +124,7 @@ impl WasmEngine {
         let mut store = Store::new(&self.runtime.engine, GuestState::new(&self.name, allowed, store_limits));
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().budget.check()));
-        store.data_mut().budget = Budget::new(limits.deadline, None);
+        store.data_mut().budget = Budget::new(limits.deadline);
         store.set_epoch_deadline(1);
         let instantiate = async {
             let bindings = self.pre.instantiate_async(&mut store).await?;
@@ -116,38 +133,43 @@ impl WasmEngine {
         };
         let (bindings, configured) = tokio::time::timeout(limits.deadline + HOST_GRACE, instantiate)
             .await
-            .map_err(|_| self.deadline_error("configure", limits))?
-            .map_err(|e| self.trap_error("configure", &e, limits))?;
+            .map_err(|_| self.deadline_error("configure", &Budget::new(limits.deadline)))?
+            .map_err(|e| self.trap_error("configure", &e, &Budget::new(limits.deadline), limits))?;
         configured.map_err(|e| self.guest_error(e))?;
         Ok(Instance { store, bindings, generation })
     }
 
-    /// Runs one export on an instance under the limits. With `progress`, the deadline
-    /// counts from the engine's last read of the archive instead of from the start.
+    /// Runs one export on an instance under the limits: the call deadline, or for a
+    /// streaming call the `streaming` budget, which counts from its last progress. The
+    /// epoch check stops guest code that overruns; the host stops a call blocked in host
+    /// I/O (a runtime that neither reads nor answers), where the epoch cannot.
     async fn call<R: Send>(
         &self,
         what: &str,
-        progress: Option<Arc<AtomicU64>>,
+        streaming: Option<Budget>,
         f: impl for<'a> FnOnce(&'a bindings::Engine, &'a mut Store<GuestState>) -> CallFuture<'a, R>,
     ) -> Result<R, EngineError> {
         let limits = self.limits();
         let mut instance = self.instance().await?;
-        let streaming = progress.is_some();
-        instance.store.data_mut().budget = Budget::new(limits.deadline, progress);
+        let budget = streaming.clone().unwrap_or_else(|| Budget::new(limits.deadline));
+        instance.store.data_mut().budget = budget.clone();
         instance.store.set_epoch_deadline(1);
+        let mut watch = budget.clone();
         let outcome = {
             let Instance { store, bindings, .. } = &mut instance;
             let call = f(bindings, store);
-            if streaming {
-                // Bounded by the budget above and by wasi:http's own I/O timeouts.
-                Ok(call.await)
+            if streaming.is_some() {
+                tokio::select! {
+                    result = call => Ok(result),
+                    _ = watchdog(&mut watch) => Err(()),
+                }
             } else {
-                tokio::time::timeout(limits.deadline + HOST_GRACE, call).await
+                tokio::time::timeout(limits.deadline + HOST_GRACE, call).await.map_err(|_| ())
             }
         };
         let result = match outcome {
-            Err(_) => return Err(self.deadline_error(what, limits)),
-            Ok(Err(trap)) => return Err(self.trap_error(what, &trap, limits)),
+            Err(()) => return Err(self.deadline_error(what, &watch)),
+            Ok(Err(trap)) => return Err(self.trap_error(what, &trap, &instance.store.data().budget, limits)),
             Ok(Ok(result)) => result,
         };
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
@@ -158,17 +180,14 @@ impl WasmEngine {
         result.map_err(|e| self.guest_error(e))
     }
 
-    fn deadline_error(&self, what: &str, limits: Limits) -> EngineError {
-        EngineError::Failed {
-            engine: self.name.clone(),
-            cause: format!("{what} ran past its deadline of {} ms; the instance was discarded", limits.deadline.as_millis()),
-        }
+    fn deadline_error(&self, what: &str, budget: &Budget) -> EngineError {
+        EngineError::Failed { engine: self.name.clone(), cause: format!("{what} {}; the instance was discarded", budget.overrun()) }
     }
 
-    fn trap_error(&self, what: &str, error: &wasmtime::Error, limits: Limits) -> EngineError {
+    fn trap_error(&self, what: &str, error: &wasmtime::Error, budget: &Budget, limits: Limits) -> EngineError {
         let detail = format!("{error:#}");
         let cause = match error.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => format!("ran past its deadline of {} ms", limits.deadline.as_millis()),
+            Some(Trap::Interrupt) => budget.overrun(),
             _ if detail.contains("forcing trap when growing memory") => {
                 format!("exceeded its memory cap of {} MiB", limits.memory_bytes / (1024 * 1024))
             }
@@ -200,6 +219,22 @@ impl WasmEngine {
         })
         .await
     }
+}
+
+/// Resolves once `budget` has run out; it is looked at every [`WATCH_EVERY`].
+async fn watchdog(budget: &mut Budget) {
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        if budget.expired() {
+            return;
+        }
+    }
+}
+
+/// Settings were checked when the config was accepted.
+fn request_timeout(name: &str, settings: &Map<String, Value>) -> Duration {
+    let secs = crate::params::request_timeout(name, settings).ok().flatten();
+    Duration::from_secs(secs.unwrap_or(crate::params::DEFAULT_REQUEST_TIMEOUT_SECS))
 }
 
 fn allowed_hosts(settings: &Map<String, Value>) -> Vec<String> {
@@ -253,14 +288,20 @@ impl Engine for WasmEngine {
 
     async fn image_load(&self, image: &str, archive: ArchiveStream) -> Result<(), EngineError> {
         let image = image.to_string();
-        let progress = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&progress);
-        let counted = archive.inspect(move |chunk| {
-            if let Ok(chunk) = chunk {
-                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            }
-        });
-        self.call("image-load", Some(progress), move |e, store| {
+        let progress = Arc::new(Progress::default());
+        let (reading, ending) = (Arc::clone(&progress), Arc::clone(&progress));
+        let counted = archive
+            .inspect(move |chunk| {
+                if let Ok(chunk) = chunk {
+                    reading.read(chunk.len());
+                }
+            })
+            .chain(futures_util::stream::poll_fn(move |_| {
+                ending.end();
+                Poll::Ready(None)
+            }));
+        let budget = Budget::streaming(self.limits().deadline, self.request_timeout(), progress);
+        self.call("image-load", Some(budget), move |e, store| {
             Box::pin(async move {
                 // The engine reads the archive as a wasi:io input-stream the host feeds.
                 let stream: DynInputStream = Box::new(AsyncReadStream::new(StreamReader::new(counted))) as Box<dyn InputStream>;

@@ -3,7 +3,7 @@
 //! and the host side of the `log` import.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
@@ -24,30 +24,92 @@ pub struct GuestState {
     pub budget: Budget,
 }
 
+/// How far a call that streams an archive has got: bytes handed to the engine, and
+/// whether the archive has ended. Shared by the call's epoch check and the host's
+/// watchdog.
+#[derive(Debug, Default)]
+pub struct Progress {
+    bytes: AtomicU64,
+    ended: AtomicBool,
+}
+
+impl Progress {
+    pub fn read(&self, bytes: usize) {
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn end(&self) {
+        self.ended.store(true, Ordering::Relaxed);
+    }
+
+    fn now(&self) -> (u64, bool) {
+        (self.bytes.load(Ordering::Relaxed), self.ended.load(Ordering::Relaxed))
+    }
+}
+
 /// The time a call may take, checked at every epoch tick while guest code runs (which
 /// also makes a busy guest yield to the async executor each tick).
+#[derive(Debug, Clone)]
 pub struct Budget {
     deadline: Duration,
-    started: Instant,
-    /// For calls that stream an archive: the deadline counts from the last byte the
-    /// engine read, so a long upload lives and a stalled engine does not.
-    progress: Option<(Arc<AtomicU64>, u64)>,
+    /// For a streaming call, once the archive has ended: the runtime may still be
+    /// importing it, which the engine's request timeout bounds, not the call deadline.
+    after_end: Duration,
+    since: Instant,
+    /// For calls that stream an archive: the deadline counts from the last progress, so
+    /// a long upload lives and a stall (the engine not reading, or its runtime not
+    /// accepting what it writes) does not.
+    progress: Option<(Arc<Progress>, (u64, bool))>,
 }
 
 impl Budget {
-    pub fn new(deadline: Duration, progress: Option<Arc<AtomicU64>>) -> Budget {
-        Budget { deadline, started: Instant::now(), progress: progress.map(|p| (p, 0)) }
+    pub fn new(deadline: Duration) -> Budget {
+        Budget { deadline, after_end: deadline, since: Instant::now(), progress: None }
+    }
+
+    pub fn streaming(deadline: Duration, after_end: Duration, progress: Arc<Progress>) -> Budget {
+        Budget { deadline, after_end, since: Instant::now(), progress: Some((progress, (0, false))) }
+    }
+
+    /// The bound in force now, counted from `since`.
+    fn limit(&self) -> Duration {
+        match &self.progress {
+            Some((_, (_, true))) => self.after_end,
+            _ => self.deadline,
+        }
+    }
+
+    /// Whether the call has run out of time; progress since the last look resets it.
+    pub fn expired(&mut self) -> bool {
+        if let Some((progress, seen)) = &mut self.progress {
+            let now = progress.now();
+            if now != *seen {
+                *seen = now;
+                self.since = Instant::now();
+            }
+        }
+        self.since.elapsed() > self.limit()
+    }
+
+    /// Why an expired call was stopped, for its error.
+    pub fn overrun(&self) -> String {
+        match &self.progress {
+            None => format!("ran past its deadline of {} ms", self.deadline.as_millis()),
+            Some((_, (bytes, false))) => format!(
+                "made no progress for {} ms after {bytes} bytes of the archive (the engine stopped reading it, or its runtime stopped accepting it)",
+                self.deadline.as_millis()
+            ),
+            Some((_, (bytes, true))) => {
+                format!(
+                    "got no answer from its runtime within {} s after the archive's last byte ({bytes} bytes)",
+                    self.after_end.as_secs()
+                )
+            }
+        }
     }
 
     pub fn check(&mut self) -> UpdateDeadline {
-        if let Some((counter, seen)) = &mut self.progress {
-            let now = counter.load(Ordering::Relaxed);
-            if now != *seen {
-                *seen = now;
-                self.started = Instant::now();
-            }
-        }
-        if self.started.elapsed() > self.deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) }
+        if self.expired() { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) }
     }
 }
 
@@ -60,7 +122,7 @@ impl GuestState {
             hooks: AllowList { engine: engine.to_string(), allowed: allowed_hosts },
             table: ResourceTable::new(),
             limits,
-            budget: Budget::new(Duration::from_secs(30), None),
+            budget: Budget::new(Duration::from_secs(30)),
         }
     }
 
