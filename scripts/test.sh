@@ -5,9 +5,11 @@
 # the run loudly; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Formatting first: it costs a second and names the file.
+# Formatting and lints first: they cost little and name the file.
 cargo fmt --check
 (cd engines-wasm && cargo fmt --check)
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
+(cd engines-wasm && cargo clippy --locked --workspace --all-targets -- -D warnings)
 bash scripts/runtimes.sh
 bash scripts/fixtures.sh
 # The WASM engines first: the host embeds docker-api and null, the tests load them all.

@@ -266,7 +266,7 @@ impl World {
     }
 
     pub async fn running_agents(&self) -> anyhow::Result<Vec<ContainerSummary>> {
-        Ok(self.agents().await?.into_iter().filter(|c| c.state.as_ref().is_some_and(|s| s.to_string() == "running")).collect())
+        Ok(self.agents().await?.into_iter().filter(|c| c.state.as_ref().is_some_and(|s| *s == "running")).collect())
     }
 
     /// Waits until exactly `n` agents of this world exist and all of them run.
@@ -274,7 +274,7 @@ impl World {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let all = self.agents().await?;
-            let running = all.iter().filter(|c| c.state.as_ref().is_some_and(|s| s.to_string() == "running")).count();
+            let running = all.iter().filter(|c| c.state.as_ref().is_some_and(|s| *s == "running")).count();
             if all.len() == n && running == n {
                 return Ok(all);
             }

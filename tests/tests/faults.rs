@@ -694,7 +694,9 @@ async fn hostile_socket_requests(f: &mut Fault) -> anyhow::Result<()> {
     let action = "/api-plugin/v4/action";
     let config = "/api-plugin/v4/config";
     let json = Some("application/json");
-    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    // (path, method, content type, body, status wanted, message wanted)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (action, "POST", json, deep_list.clone(), 400, "recursion limit"),
         (config, "POST", json, deep_list, 400, "recursion limit"),
         (action, "POST", json, deep_params, 400, "recursion limit"),
@@ -1254,7 +1256,7 @@ async fn hanging_listing(f: &mut Fault) -> anyhow::Result<()> {
     f.w.sim.put_context(slow);
     let behind = unique("p");
     f.w.sim.put_machine(World::machine(&behind, "slow"));
-    let mut want = in_context(&[first.clone()], "ctx");
+    let mut want = in_context(std::slice::from_ref(&first), "ctx");
     want.insert(behind.clone(), "slow".to_string());
     wait_exact(f, &want, SETTLE).await?;
 
@@ -1310,7 +1312,7 @@ async fn stop_mid_burst(f: &mut Fault) -> anyhow::Result<()> {
     let half_started: Vec<String> = agents(&f.w)
         .await?
         .into_iter()
-        .filter(|c| c.state.as_ref().is_some_and(|s| s.to_string() == "created"))
+        .filter(|c| c.state.as_ref().is_some_and(|s| *s == "created"))
         .flat_map(|c| c.names.unwrap_or_default())
         .collect();
     ensure!(half_started.is_empty(), "containers created but never started after /stop: {half_started:?}");

@@ -92,7 +92,9 @@ fn error_json(bytes: &[u8]) -> anyhow::Result<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors_and_the_plugin_keeps_serving() -> anyhow::Result<()> {
     let (sim, plugin) = started().await?;
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    // (path, content type, body, status wanted, message wanted)
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("/api-plugin/v4/action", None, br#"{"Command":"enginesList"}"#.to_vec(), 400, "Content-Type"),
         ("/api-plugin/v4/action", Some("text/plain"), br#"{}"#.to_vec(), 400, "Content-Type"),
         ("/api-plugin/v4/action", Some("application/json"), b"{not json".to_vec(), 400, "not valid JSON"),

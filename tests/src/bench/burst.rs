@@ -1,4 +1,4 @@
-//! 2. Burst convergence: N machines enter a Context through simulator events, and the
+//! (2) Burst convergence: N machines enter a Context through simulator events, and the
 //! time until all N agents run; then they leave (Context cleared) until none remain.
 //! Baselines, measured the same way (polling the runtime by label) in the same run:
 //! (a) a bollard loop with the plugin's concurrency, (b) a `docker run -d` loop through

@@ -1,4 +1,4 @@
-//! 3. Event decisions, in process: pre-serialized machine event frames, as dr-provision
+//! (3) Event decisions, in process: pre-serialized machine event frames, as dr-provision
 //! sends them on the websocket, decoded, applied to the plugin's own `Reconciler`, and
 //! decided for every machine they touch. No engine is involved: deciding does no I/O
 //! (what the decisions start and stop is the burst's business). Baseline: decoding the

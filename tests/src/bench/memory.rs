@@ -1,4 +1,4 @@
-//! 5. Memory: the plugin's RSS idle after its config with the bundled engines loaded,
+//! (5) Memory: the plugin's RSS idle after its config with the bundled engines loaded,
 //! and its RSS while streaming a 1 GiB image archive through `imageUpload` (plus the
 //! upload's time against bollard importing the same file). The RSS with 1000 agents
 //! managed comes from the burst (2).

@@ -1,4 +1,4 @@
-//! 1. Agent start overhead: an `agentStart` action on the real plugin, until the agent's
+//! (1) Agent start overhead: an `agentStart` action on the real plugin, until the agent's
 //! container runs, against the runtime's own floor — the same image created and started
 //! directly through bollard with the config the engine would send. The machine token
 //! fetch, included in the plugin's time, is also shown on its own.

@@ -1,4 +1,4 @@
-//! 4. WASM engines, in process with the plugin's own `WasmRuntime`: compiling a
+//! (4) WASM engines, in process with the plugin's own `WasmRuntime`: compiling a
 //! component cold and from the on-disk cache, instantiating it (first call of a fresh
 //! `WasmEngine`, which instantiates and configures) against a warm call, and the cost of
 //! a trivial call (`image_id` on the `null` engine, which does no I/O) against the same

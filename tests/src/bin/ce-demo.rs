@@ -33,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
         bail!("config answered {code}: {body}");
     }
     let label = "drp.plugin=context-engines";
-    for c in list_containers(DOCKER_SOCK, label).await? {
+    if let Some(c) = list_containers(DOCKER_SOCK, label).await?.into_iter().next() {
         bail!("an agent of a previous run is still there: {:?}; remove it with docker rm -f", c.names);
     }
 
