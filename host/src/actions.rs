@@ -115,10 +115,7 @@ async fn agent_start(plugin: &Plugin, reconciler: &Reconciler, model: &Value, pa
     // until agentStop, the machine's deletion, or the Context taking it over.
     let manual = machine.context != context_name;
     let agent = Agent { manual, ..Agent::new(&machine.uuid, &context, &engine_name)? };
-    // A download first, without the machine's lock.
-    let pulled = reconciler.pull(&agent, &context).await?;
-    let _machine = reconciler.lock_machine(&machine.uuid).await;
-    let info = reconciler.start(&agent, &context, pulled).await?;
+    let info = reconciler.start_now(&agent, &context).await?;
     Ok(json!({
         "Name": agent.name,
         "Id": info.id,
@@ -232,5 +229,6 @@ fn agent_error_code(e: &AgentError) -> u16 {
         AgentError::Token(_) => 502,
         AgentError::Image { source, .. } => image_error_code(source),
         AgentError::Engine(engine) => engine_error_code(engine),
+        AgentError::Cancelled => 503,
     }
 }

@@ -36,6 +36,8 @@ pub enum AgentError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     UnknownEngine(#[from] crate::registry::UnknownEngine),
+    #[error("cancelled: the plugin is stopping")]
+    Cancelled,
 }
 
 impl AgentError {
@@ -46,7 +48,7 @@ impl AgentError {
             AgentError::BadName { .. } | AgentError::NoImage(_) | AgentError::BadImage { .. } | AgentError::UnknownEngine(_) => true,
             AgentError::Engine(EngineError::Misconfigured { .. }) => true,
             AgentError::Image { source, .. } => source.is_permanent(),
-            AgentError::Token(_) | AgentError::Engine(_) => false,
+            AgentError::Token(_) | AgentError::Engine(_) | AgentError::Cancelled => false,
         }
     }
 }
@@ -128,57 +130,58 @@ fn check_image(agent: &Agent) -> Result<(), AgentError> {
     crate::images::check_reference(&agent.image).map_err(|why| AgentError::BadImage { context: agent.context.clone(), why })
 }
 
-/// Settles the Context's `Imagepull` (download, verify, load) ahead of a start, so that a
-/// slow file server never holds the machine's lock. Returns whether there was one.
-pub async fn pull(
+/// What a start needs that may be slow, got before the machine's lock is taken (so an
+/// `agentStop` is never kept waiting by a slow file server or dr-provision): the
+/// machine's token and, with `Imagepull`, the downloaded, verified and loaded image.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    token: String,
+}
+
+/// Gets what a start of `agent` needs. `first_of_context` says no other agent of this
+/// context runs, which is when an unchecked `Imagepull` is fetched again.
+pub async fn prepare(
     plugin: &Plugin,
     engine: &Arc<dyn Engine>,
     agent: &Agent,
     context: &Context,
     first_of_context: bool,
-) -> Result<bool, AgentError> {
-    if context.meta(META_IMAGEPULL).is_none() {
-        return Ok(false);
-    }
+) -> Result<Prepared, AgentError> {
     check_image(agent)?;
-    ensure_image(plugin, engine, &agent.image, context, first_of_context)
-        .await
-        .map_err(|source| AgentError::Image { image: agent.image.clone(), source })?;
-    Ok(true)
+    let token = async { Ok::<_, AgentError>(plugin.drp.machine_token(&agent.machine).await?) };
+    if context.meta(META_IMAGEPULL).is_none() {
+        return Ok(Prepared { token: token.await? });
+    }
+    let (_, token) = tokio::try_join!(load_image(plugin, engine, agent, context, first_of_context), token)?;
+    Ok(Prepared { token })
 }
 
-/// Starts `agent` (a no-op when it already runs). `first_of_context` says no other agent
-/// of this context runs, which is when an unchecked `Imagepull` is fetched again;
-/// `pulled` says [`pull`] already settled it.
-pub async fn start(
+/// The runtime's own create and start (a no-op when the agent already runs): all a
+/// start does under the machine's lock. Without `Imagepull` the start itself is the
+/// presence check: a present image (nearly always) costs nothing more, a missing one
+/// fails with [`EngineError::ImageMissing`] and the caller loads it ([`load_image`])
+/// without the lock and starts again.
+pub async fn start(plugin: &Plugin, engine: &Arc<dyn Engine>, agent: &Agent, prepared: &Prepared) -> Result<AgentInfo, AgentError> {
+    Ok(engine.agent_start(&spec(plugin, agent, prepared.token.clone())).await?)
+}
+
+/// Whether a start failed only for want of its image.
+pub fn needs_image(error: &AgentError) -> bool {
+    matches!(error, AgentError::Engine(EngineError::ImageMissing { .. }))
+}
+
+/// Makes `agent`'s image present: its Context's `Imagepull`, else the archive in the
+/// plugin's file space.
+pub async fn load_image(
     plugin: &Plugin,
-    engine: Arc<dyn Engine>,
+    engine: &Arc<dyn Engine>,
     agent: &Agent,
     context: &Context,
     first_of_context: bool,
-    pulled: bool,
-) -> Result<AgentInfo, AgentError> {
-    check_image(agent)?;
-    let ensure = || async {
-        ensure_image(plugin, &engine, &agent.image, context, first_of_context)
-            .await
-            .map_err(|source| AgentError::Image { image: agent.image.clone(), source })
-    };
-    let token = async { Ok::<_, AgentError>(plugin.drp.machine_token(&agent.machine).await?) };
-    // With Imagepull the image may have to be fetched again whether present or not, so
-    // that is settled first. Otherwise the start itself is the presence check: a missing
-    // image costs one failed create and is then loaded, a present one (nearly always)
-    // costs nothing, which keeps a start at the runtime's own create + start.
-    let with_pull = context.meta(META_IMAGEPULL).is_some();
-    let token = if with_pull && !pulled { tokio::try_join!(ensure(), token)?.1 } else { token.await? };
-    let spec = spec(plugin, agent, token);
-    match engine.agent_start(&spec).await {
-        Err(EngineError::ImageMissing { .. }) if !with_pull => {
-            ensure().await?;
-            Ok(engine.agent_start(&spec).await?)
-        }
-        started => Ok(started?),
-    }
+) -> Result<(), AgentError> {
+    ensure_image(plugin, engine, &agent.image, context, first_of_context)
+        .await
+        .map_err(|source| AgentError::Image { image: agent.image.clone(), source })
 }
 
 fn spec(plugin: &Plugin, agent: &Agent, token: String) -> AgentSpec {

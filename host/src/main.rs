@@ -99,10 +99,7 @@ fn listen(to_plugin_sock: PathBuf, from_plugin_sock: PathBuf) -> anyhow::Result<
         wait_for_stop(&service).await;
         // Let the reply to /stop reach dr-provision before the socket goes away, and the
         // settles under way finish, so no start is cut between its create and its start.
-        let drained = tokio::join!(tokio::time::sleep(Duration::from_millis(100)), service.reconciler.drain(Duration::from_secs(10))).1;
-        if !drained {
-            tracing::warn!("stopping with agent operations still under way after 10 s; the next start settles them");
-        }
+        tokio::join!(tokio::time::sleep(Duration::from_millis(100)), service.reconciler.drain(Duration::from_secs(10)));
         server.abort();
         if let Err(e) = socket.leaving().await {
             tracing::warn!("telling dr-provision the plugin is leaving: {e}");

@@ -23,6 +23,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::queue::{Outcome, Queue};
 use crate::agents::{self, Agent, AgentError};
@@ -36,6 +37,8 @@ use crate::registry::{self, Rekey};
 /// `request-timeout-secs` and WASM engines by their call deadline; this is the bound for
 /// an engine that does neither.
 const LIST_BOUND: Duration = Duration::from_secs(150);
+/// Longest wait for removing what a cancelled start created.
+const UNDO_BOUND: Duration = Duration::from_secs(5);
 
 /// A start or stop that failed, saying which agent on which engine.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +105,9 @@ pub struct Reconciler {
     retry_timer: AtomicBool,
     /// Set when the plugin stops: nothing new is queued, work under way finishes.
     closed: AtomicBool,
+    /// Fired when work under way outlasts the stop's drain: starts are undone, loads and
+    /// downloads abandoned.
+    cancel: CancellationToken,
     /// True once dr-provision's machines and contexts were learned. No machine is
     /// settled before: with nothing known yet, every agent would look unwanted.
     learned: watch::Sender<bool>,
@@ -128,6 +134,7 @@ impl Reconciler {
             retry_changed: Notify::new(),
             retry_timer: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            cancel: CancellationToken::new(),
             learned: watch::channel(false).0,
         })
     }
@@ -530,13 +537,24 @@ impl Reconciler {
 
     /// For a clean stop: begins nothing more (queued machines are left to the next
     /// run's reconcile) and waits up to `limit` for the settles under way (a start
-    /// between its create and its start above all) to finish. Returns whether they did;
-    /// what is cut short is found by the next run's listing.
+    /// between its create and its start above all) to finish. What is still under way
+    /// then is cancelled: a start removes what it created, a load or download is
+    /// abandoned. Returns whether everything finished within `limit`.
     pub async fn drain(&self, limit: Duration) -> bool {
         self.closed.store(true, Ordering::SeqCst);
         // Workers still waiting to learn dr-provision's state go on to see `closed`.
         self.learned.send_replace(true);
-        tokio::time::timeout(limit, self.idle()).await.is_ok()
+        if tokio::time::timeout(limit, self.idle()).await.is_ok() {
+            return true;
+        }
+        tracing::warn!("agent operations still under way after {} s; cancelling them", limit.as_secs());
+        self.cancel.cancel();
+        // Stops under way are let finish (each is bounded by its runtime's timeout);
+        // undoing a start is bounded by UNDO_BOUND.
+        if tokio::time::timeout(UNDO_BOUND + Duration::from_secs(1), self.idle()).await.is_err() {
+            tracing::warn!("stopping with agent operations still under way; the next start settles them");
+        }
+        false
     }
 
     /// Resolves when no machine has work queued or under way.
@@ -613,76 +631,145 @@ impl Reconciler {
     /// Makes the actual state of one machine match its desired state. An error says
     /// what failed and whether it is permanent (see [`AgentError::is_permanent`]).
     ///
-    /// A download the start needs is done first, without the machine's lock (an
-    /// `agentStop` meanwhile is not kept waiting); the decision is then taken afresh
-    /// under the lock, and the download counts only if the start is still the same.
+    /// What a start needs that may be slow (the machine's token, an `Imagepull`
+    /// download) is got first, without the machine's lock, so an `agentStop` meanwhile
+    /// is not kept waiting; the decision is then taken afresh under the lock, and what
+    /// was got counts only if the start is still the same. An image found missing is
+    /// loaded between two turns of the lock, likewise.
     async fn settle(&self, uuid: &str) -> Result<(), (String, bool)> {
         let failed = |f: AgentFailure| (f.to_string(), f.source.is_permanent());
         let planned = self.decide(uuid).map_err(|e| (e.to_string(), e.is_permanent()))?.start;
-        // A failed download fails the start only: the stops below still happen.
-        let pulled = match &planned {
-            Some((agent, context)) => self.pull(agent, context).await,
-            None => Ok(false),
+        // A failed preparation fails the start only: the stops below still happen.
+        let mut prepared = match &planned {
+            Some((agent, context)) => Some(self.prepare(agent, context).await.map_err(failed)),
+            None => None,
         };
-        let _machine = self.lock_machine(uuid).await;
-        let decision = self.decide(uuid).map_err(|e| (e.to_string(), e.is_permanent()))?;
-        if let Some(agent) = &decision.adopt {
-            self.record(&Agent { manual: false, ..agent.clone() }, true);
-        }
-        for agent in &decision.stop {
-            self.stop(agent).await.map_err(failed)?;
-        }
-        if let Some((agent, context)) = &decision.start {
+        let mut loaded = false;
+        loop {
+            let machine = self.lock_machine(uuid).await;
+            let decision = self.decide(uuid).map_err(|e| (e.to_string(), e.is_permanent()))?;
+            if let Some(agent) = &decision.adopt {
+                self.record(&Agent { manual: false, ..agent.clone() }, true);
+            }
+            for agent in &decision.stop {
+                self.stop(agent).await.map_err(failed)?;
+            }
+            let Some((agent, context)) = &decision.start else { return Ok(()) };
             let still = planned.as_ref().is_some_and(|(a, c)| a.same_as(agent) && c == context);
-            let pulled = if still { pulled.map_err(failed)? } else { false };
-            self.start(agent, context, pulled).await.map_err(failed)?;
+            let ready = match prepared.take().filter(|_| still) {
+                Some(ready) => ready?,
+                // The plan changed while it was prepared (rare): prepared again, here.
+                None => self.prepare(agent, context).await.map_err(failed)?,
+            };
+            match self.launch(agent, &ready).await {
+                Ok(_) => return Ok(()),
+                Err(source) if !loaded && agents::needs_image(&source) => {
+                    drop(machine);
+                    self.load_image(agent, context).await.map_err(failed)?;
+                    loaded = true;
+                    prepared = Some(Ok(ready));
+                }
+                Err(source) => return Err(failed(self.failure("starting", agent, source).await)),
+            }
         }
-        Ok(())
+    }
+
+    /// Starts `agent` now, for the `agentStart` action: as a settle does, holding the
+    /// machine's lock only for the runtime's own create and start.
+    pub async fn start_now(&self, agent: &Agent, context: &Context) -> Result<AgentInfo, AgentFailure> {
+        let ready = self.prepare(agent, context).await?;
+        let mut loaded = false;
+        loop {
+            let machine = self.lock_machine(&agent.machine).await;
+            match self.launch(agent, &ready).await {
+                Ok(info) => return Ok(info),
+                Err(source) if !loaded && agents::needs_image(&source) => {
+                    drop(machine);
+                    self.load_image(agent, context).await?;
+                    loaded = true;
+                }
+                Err(source) => return Err(self.failure("starting", agent, source).await),
+            }
+        }
     }
 
     fn first_of_context(&self, agent: &Agent) -> bool {
         !self.state().actual.values().flatten().any(|a| a.context == agent.context && a.machine != agent.machine)
     }
 
-    /// Settles the `Imagepull` a start of `agent` needs, without any lock (see
-    /// [`agents::pull`]); returns whether there was one. A failure is published as
-    /// `agent-failed`.
-    pub async fn pull(&self, agent: &Agent, context: &Context) -> Result<bool, AgentFailure> {
-        let pulled = async {
+    /// Gets what a start of `agent` needs (see [`agents::prepare`]), without any lock.
+    async fn prepare(&self, agent: &Agent, context: &Context) -> Result<agents::Prepared, AgentFailure> {
+        let prepared = async {
             let engine = self.plugin.registry.get(&agent.engine)?;
-            agents::pull(&self.plugin, &engine, agent, context, self.first_of_context(agent)).await
+            self.unless_cancelled(agents::prepare(&self.plugin, &engine, agent, context, self.first_of_context(agent))).await
         };
-        match pulled.await {
-            Ok(pulled) => Ok(pulled),
-            Err(source) => {
-                let failure = AgentFailure::new("fetching the image of", agent, source);
-                self.plugin.publish("agent-failed", &agent.name, agent_event(agent, Some(&failure.to_string()))).await;
-                Err(failure)
-            }
+        match prepared.await {
+            Ok(prepared) => Ok(prepared),
+            Err(source) => Err(self.failure("preparing", agent, source).await),
         }
     }
 
-    /// Starts `agent` and records it; a failure is published as `agent-failed`. Caller
-    /// holds the machine lock; `pulled` says [`Reconciler::pull`] ran for this start.
-    pub async fn start(&self, agent: &Agent, context: &Context, pulled: bool) -> Result<AgentInfo, AgentFailure> {
-        let first_of_context = self.first_of_context(agent);
-        let started = async {
+    /// Loads the image a start found missing, without any lock.
+    async fn load_image(&self, agent: &Agent, context: &Context) -> Result<(), AgentFailure> {
+        let loaded = async {
             let engine = self.plugin.registry.get(&agent.engine)?;
-            agents::start(&self.plugin, engine, agent, context, first_of_context, pulled).await
+            self.unless_cancelled(agents::load_image(&self.plugin, &engine, agent, context, self.first_of_context(agent))).await
         };
-        match started.await {
-            Ok(info) => {
-                self.record(&Agent { id: info.id.clone(), ..agent.clone() }, true);
-                tracing::info!(agent = %agent.name, engine = %agent.engine, image = %agent.image, manual = agent.manual, "agent running");
-                self.plugin.publish("agent-started", &agent.name, agent_event(agent, None)).await;
-                Ok(info)
-            }
-            Err(source) => {
-                let failure = AgentFailure::new("starting", agent, source);
-                self.plugin.publish("agent-failed", &agent.name, agent_event(agent, Some(&failure.to_string()))).await;
-                Err(failure)
-            }
+        match loaded.await {
+            Ok(()) => Ok(()),
+            Err(source) => Err(self.failure("loading the image of", agent, source).await),
         }
+    }
+
+    /// The runtime's create and start of `agent`, recorded and published. Caller holds
+    /// the machine lock. Cancelled by a stop that outlasted its drain, it removes what
+    /// it may have created, so no created-but-never-started container is left.
+    async fn launch(&self, agent: &Agent, ready: &agents::Prepared) -> Result<AgentInfo, AgentError> {
+        let engine = self.plugin.registry.get(&agent.engine)?;
+        let info = tokio::select! {
+            started = agents::start(&self.plugin, &engine, agent, ready) => started?,
+            _ = self.cancel.cancelled() => {
+                self.undo_start(&engine, agent).await;
+                return Err(AgentError::Cancelled);
+            }
+        };
+        self.record(&Agent { id: info.id.clone(), ..agent.clone() }, true);
+        tracing::info!(agent = %agent.name, engine = %agent.engine, image = %agent.image, manual = agent.manual, "agent running");
+        self.plugin.publish("agent-started", &agent.name, agent_event(agent, None)).await;
+        Ok(info)
+    }
+
+    /// Removes `agent` if a container of ours holds its name (a container of another
+    /// plugin's of that name made the start fail; it is not ours to remove).
+    async fn undo_start(&self, engine: &Arc<dyn Engine>, agent: &Agent) {
+        let plugin_name = self.plugin.settings().plugin_name.clone();
+        let undo = async {
+            let ours = engine.agent_list(&[(labels::PLUGIN, plugin_name.as_str()), (labels::MACHINE, agent.machine.as_str())]).await?;
+            if ours.iter().any(|a| a.name == agent.name) {
+                engine.agent_stop(&agent.name).await?;
+                tracing::info!(agent = %agent.name, "a start cut short by the plugin's stop was undone");
+            }
+            Ok::<_, crate::engine::EngineError>(())
+        };
+        match tokio::time::timeout(UNDO_BOUND, undo).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(agent = %agent.name, "undoing a cancelled start: {e}; the next run's listing removes it"),
+            Err(_) => tracing::warn!(agent = %agent.name, "undoing a cancelled start took too long; the next run's listing removes it"),
+        }
+    }
+
+    async fn unless_cancelled<T>(&self, work: impl Future<Output = Result<T, AgentError>>) -> Result<T, AgentError> {
+        tokio::select! {
+            done = work => done,
+            _ = self.cancel.cancelled() => Err(AgentError::Cancelled),
+        }
+    }
+
+    /// A failed step of `agent`, published as `agent-failed`.
+    async fn failure(&self, doing: &'static str, agent: &Agent, source: AgentError) -> AgentFailure {
+        let failure = AgentFailure::new(doing, agent, source);
+        self.plugin.publish("agent-failed", &agent.name, agent_event(agent, Some(&failure.to_string()))).await;
+        failure
     }
 
     /// Stops `agent` and forgets it. Caller holds the machine lock.
@@ -805,6 +892,9 @@ mod tests {
         agents: Mutex<BTreeMap<String, AgentInfo>>,
         starts: std::sync::atomic::AtomicUsize,
         fail_starts: AtomicBool,
+        /// Starts create their container and then never return, as a runtime that
+        /// hangs between create and start.
+        hang_after_create: AtomicBool,
         hold_listing: AtomicBool,
         listing_released: Notify,
         listing_started: Notify,
@@ -847,8 +937,12 @@ mod tests {
             if self.fail_starts.load(Ordering::SeqCst) {
                 return Err(EngineError::Failed { engine: "docker".into(), cause: "runtime says no".into() });
             }
-            let info = AgentInfo { name: spec.name.clone(), id: spec.name.clone(), running: true, labels: spec.labels.clone() };
+            let hang = self.hang_after_create.load(Ordering::SeqCst);
+            let info = AgentInfo { name: spec.name.clone(), id: spec.name.clone(), running: !hang, labels: spec.labels.clone() };
             self.agents.lock().expect("agents").insert(spec.name.clone(), info.clone());
+            if hang {
+                std::future::pending::<()>().await;
+            }
             Ok(info)
         }
         async fn agent_stop(&self, name: &str) -> Result<bool, EngineError> {
@@ -1125,5 +1219,22 @@ mod tests {
         r.on_event(&event("machines", "update", "m", json!({"Uuid": "m", "Context": ""}))).expect("m");
         r.idle().await;
         assert!(old.names().is_empty(), "stopped by the engine that started it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_that_outlasts_its_drain_undoes_the_start_under_way() {
+        let engine = Arc::new(MemEngine::default());
+        engine.hang_after_create.store(true, Ordering::SeqCst);
+        let r = reconciler_with(Some(Arc::clone(&engine)));
+        r.apply(&event("contexts", "create", "c", context("c", "context-engines", "img:1"))).expect("ctx");
+        r.on_event(&event("machines", "create", "m", json!({"Uuid": "m", "Context": "c"}))).expect("m");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(engine.names(), vec!["drp-c-m"], "created, never started");
+        let begun = Instant::now();
+        assert!(!r.drain(Duration::from_secs(10)).await, "the hung start did not finish");
+        assert!(begun.elapsed() < Duration::from_secs(17), "drain took {:?}", begun.elapsed());
+        assert!(engine.names().is_empty(), "the cancelled start removed what it created");
+        r.idle().await;
+        assert!(running(&r).is_empty());
     }
 }
