@@ -133,8 +133,11 @@ impl Registry {
     /// The engine an agent recorded under `key` belongs to: a draining engine by its
     /// drain key, any other by its name.
     pub fn resolve(&self, key: &str) -> Result<Arc<dyn Engine>, UnknownEngine> {
-        match self.draining.read().unwrap_or_else(|p| p.into_inner()).get(key) {
-            Some(engine) => Ok(Arc::clone(engine)),
+        // Not holding `draining` while `get` takes the other locks: `set_wasm` takes
+        // them in another order.
+        let draining = self.draining.read().unwrap_or_else(|p| p.into_inner()).get(key).cloned();
+        match draining {
+            Some(engine) => Ok(engine),
             None => self.get(key),
         }
     }

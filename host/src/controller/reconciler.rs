@@ -739,13 +739,15 @@ impl Reconciler {
         Ok(info)
     }
 
-    /// Removes `agent` if a container of ours holds its name (a container of another
-    /// plugin's of that name made the start fail; it is not ours to remove).
+    /// Removes `agent` if a container of ours holds its name and does not run: created
+    /// by the cut start. A running one is a whole agent (adopted, or started just
+    /// before the cut) and is left for the next run to adopt; another plugin's is not
+    /// ours to remove.
     async fn undo_start(&self, engine: &Arc<dyn Engine>, agent: &Agent) {
         let plugin_name = self.plugin.settings().plugin_name.clone();
         let undo = async {
             let ours = engine.agent_list(&[(labels::PLUGIN, plugin_name.as_str()), (labels::MACHINE, agent.machine.as_str())]).await?;
-            if ours.iter().any(|a| a.name == agent.name) {
+            if ours.iter().any(|a| a.name == agent.name && !a.running) {
                 engine.agent_stop(&agent.name).await?;
                 tracing::info!(agent = %agent.name, "a start cut short by the plugin's stop was undone");
             }
