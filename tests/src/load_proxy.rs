@@ -13,6 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use crate::stall_proxy::read_request_line;
+
 /// What happens to a `POST …/images/load`.
 #[derive(Debug, Clone, Copy)]
 pub enum OnLoad {
@@ -64,16 +66,8 @@ impl Drop for LoadProxy {
 }
 
 async fn serve(mut client: TcpStream, target: &str, on_load: OnLoad, loads: &AtomicUsize) -> std::io::Result<()> {
-    let mut head = Vec::new();
+    let Some((head, line)) = read_request_line(&mut client).await? else { return Ok(()) };
     let mut buf = [0u8; 4096];
-    while !head.windows(2).any(|w| w == b"\r\n") {
-        let n = client.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&head[..head.windows(2).position(|w| w == b"\r\n").unwrap_or(0)]).to_string();
     let mut upstream = TcpStream::connect(target).await?;
     if !(line.starts_with("POST ") && line.contains("/images/load")) {
         upstream.write_all(&head).await?;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
@@ -61,16 +61,8 @@ impl Drop for StallProxy {
 }
 
 async fn serve(mut client: UnixStream, target: &Path, stall: &AtomicBool, stalled: &AtomicUsize) -> std::io::Result<()> {
-    let mut head = Vec::new();
+    let Some((head, line)) = read_request_line(&mut client).await? else { return Ok(()) };
     let mut buf = [0u8; 4096];
-    while !head.windows(2).any(|w| w == b"\r\n") {
-        let n = client.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&head[..head.windows(2).position(|w| w == b"\r\n").unwrap_or(0)]).to_string();
     if stall.load(Ordering::SeqCst) && line.starts_with("GET ") && line.contains("/containers/json") {
         stalled.fetch_add(1, Ordering::SeqCst);
         // Hold the connection open, reading and answering nothing, until the client
@@ -82,4 +74,20 @@ async fn serve(mut client: UnixStream, target: &Path, stall: &AtomicBool, stalle
     upstream.write_all(&head).await?;
     tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
     Ok(())
+}
+
+/// Reads a connection's first bytes up to the end of its request line: what was read
+/// (to forward as it is) and the line. `None` when the client closed first.
+pub async fn read_request_line(client: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Option<(Vec<u8>, String)>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(2).any(|w| w == b"\r\n") {
+        let n = client.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head[..head.windows(2).position(|w| w == b"\r\n").unwrap_or(0)]).to_string();
+    Ok(Some((head, line)))
 }
