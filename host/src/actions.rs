@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::agents::{self, Agent, AgentError};
+use crate::options::layers::LayerError;
 use crate::api_error::ApiError;
 use crate::controller::reconciler::{AgentFailure, Reconciler};
 use crate::drp::{Context, Machine};
@@ -159,6 +160,7 @@ async fn agent_stop(plugin: &Plugin, reconciler: &Reconciler, model: &Value, par
         id: String::new(),
         manual: false,
         running: true,
+        spec: String::new(),
     };
     reconciler.stop(&agent).await?;
     Ok(Value::Bool(true))
@@ -229,6 +231,8 @@ fn agent_error_code(e: &AgentError) -> u16 {
         AgentError::Token(_) => 502,
         AgentError::Image { source, .. } => image_error_code(source),
         AgentError::Engine(engine) => engine_error_code(engine),
+        AgentError::Options(LayerError::Bad { .. }) => 400,
+        AgentError::Options(LayerError::Refused(_)) => 403,
         AgentError::Cancelled => 503,
     }
 }

@@ -2,15 +2,16 @@
 //! `Imagepull`/`Checksum`), drpcli injection, names and labels. Shared by the actions
 //! and the reconciler, which decide *when*; this decides *how*.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::drp::{Context, DrpError};
 use crate::engine::{AgentInfo, AgentSpec, Engine, EngineError, labels};
 use crate::images::{ArchiveSource, ImageError};
+use crate::options::{AgentOptions, Mount};
 use crate::plugin::Plugin;
 
 /// Context Meta keys this plugin reads.
@@ -36,6 +37,8 @@ pub enum AgentError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     UnknownEngine(#[from] crate::registry::UnknownEngine),
+    #[error(transparent)]
+    Options(#[from] crate::options::layers::LayerError),
     #[error("cancelled: the plugin is stopping")]
     Cancelled,
 }
@@ -45,7 +48,11 @@ impl AgentError {
     /// reconciler parks such a machine instead of retrying it.
     pub fn is_permanent(&self) -> bool {
         match self {
-            AgentError::BadName { .. } | AgentError::NoImage(_) | AgentError::BadImage { .. } | AgentError::UnknownEngine(_) => true,
+            AgentError::BadName { .. }
+            | AgentError::NoImage(_)
+            | AgentError::BadImage { .. }
+            | AgentError::UnknownEngine(_)
+            | AgentError::Options(_) => true,
             AgentError::Engine(EngineError::Misconfigured { .. }) => true,
             AgentError::Image { source, .. } => source.is_permanent(),
             AgentError::Token(_) | AgentError::Engine(_) | AgentError::Cancelled => false,
@@ -70,6 +77,9 @@ pub struct Agent {
     /// False for a container that exited: it is removed, under the machine's lock, by
     /// the next settle.
     pub running: bool,
+    /// The digest of the spec it was started with (label `drp.spec`); empty for an agent
+    /// started before specs were digested, which is then never replaced for it.
+    pub spec: String,
 }
 
 impl Agent {
@@ -84,6 +94,7 @@ impl Agent {
             id: String::new(),
             manual: false,
             running: true,
+            spec: String::new(),
         })
     }
 
@@ -104,6 +115,7 @@ impl Agent {
             id: found.id.clone(),
             manual: found.label(labels::MANUAL) == Some("true"),
             running: found.running,
+            spec: found.label(labels::SPEC).unwrap_or_default().to_string(),
         })
     }
 }
@@ -132,10 +144,12 @@ fn check_image(agent: &Agent) -> Result<(), AgentError> {
 
 /// What a start needs that may be slow, got before the machine's lock is taken (so an
 /// `agentStop` is never kept waiting by a slow file server or dr-provision): the
-/// machine's token and, with `Imagepull`, the downloaded, verified and loaded image.
-#[derive(Debug, Clone)]
+/// machine's token, its merged agent options and, with `Imagepull`, the downloaded,
+/// verified and loaded image.
+#[derive(Clone)]
 pub struct Prepared {
     token: String,
+    options: AgentOptions,
 }
 
 /// Gets what a start of `agent` needs. `first_of_context` says no other agent of this
@@ -149,11 +163,26 @@ pub async fn prepare(
 ) -> Result<Prepared, AgentError> {
     check_image(agent)?;
     let token = async { Ok::<_, AgentError>(plugin.drp.machine_token(&agent.machine).await?) };
+    let options = options_for(plugin, agent, context);
     if context.meta(META_IMAGEPULL).is_none() {
-        return Ok(Prepared { token: token.await? });
+        let (token, options) = tokio::try_join!(token, options)?;
+        return Ok(Prepared { token, options });
     }
-    let (_, token) = tokio::try_join!(load_image(plugin, engine, agent, context, first_of_context), token)?;
-    Ok(Prepared { token })
+    let (_, token, options) = tokio::try_join!(load_image(plugin, engine, agent, context, first_of_context), token, options)?;
+    Ok(Prepared { token, options })
+}
+
+/// The agent's options, merged from every layer (the machine's read from dr-provision
+/// now) and gated.
+pub async fn options_for(plugin: &Plugin, agent: &Agent, context: &Context) -> Result<AgentOptions, AgentError> {
+    let machine_params = plugin.drp.machine_params(&agent.machine).await?;
+    Ok(plugin.settings().agent_options.resolve(context, &agent.machine, &machine_params)?)
+}
+
+/// The digest a start of `agent` with `options` would label it with: whether a running
+/// agent is still the wanted one, options included.
+pub fn wanted_digest(plugin: &Plugin, agent: &Agent, options: &AgentOptions) -> String {
+    spec_digest(&spec(plugin, agent, String::new(), options.clone()))
 }
 
 /// The runtime's own create and start (a no-op when the agent already runs): all a
@@ -162,7 +191,7 @@ pub async fn prepare(
 /// fails with [`EngineError::ImageMissing`] and the caller loads it ([`load_image`])
 /// without the lock and starts again.
 pub async fn start(plugin: &Plugin, engine: &Arc<dyn Engine>, agent: &Agent, prepared: &Prepared) -> Result<AgentInfo, AgentError> {
-    Ok(engine.agent_start(&spec(plugin, agent, prepared.token.clone())).await?)
+    Ok(engine.agent_start(&spec(plugin, agent, prepared.token.clone(), prepared.options.clone())).await?)
 }
 
 /// Whether a start failed only for want of its image.
@@ -184,30 +213,75 @@ pub async fn load_image(
         .map_err(|source| AgentError::Image { image: agent.image.clone(), source })
 }
 
-fn spec(plugin: &Plugin, agent: &Agent, token: String) -> AgentSpec {
+/// Where an injected drpcli is mounted in the agent, and run from.
+pub const DRPCLI_IN_AGENT: &str = "/usr/bin/drpcli";
+/// `PATH` of an agent whose drpcli is injected: images with a shell but no `PATH` of
+/// their own (scratch-built ones) still find their tools.
+pub const AGENT_PATH: &str = "/bin:/usr/bin:/usr/local/bin:/sbin:/usr/sbin:/usr/local/sbin";
+
+/// The whole agent: the host's own env, labels and drpcli injection laid over the
+/// merged `options`. The host's `RS_*` env and `drp.*` labels win over any layer (labels
+/// `drp.*` are refused earlier; an `RS_*` in a layer is overwritten, not an error, so a
+/// copied docker-context profile keeps working). A layer's `PATH` wins over the default.
+pub fn spec(plugin: &Plugin, agent: &Agent, token: String, mut options: AgentOptions) -> AgentSpec {
     let settings = plugin.settings();
-    AgentSpec {
+    let drpcli = drpcli_path(plugin);
+    options.env.extend([
+        ("RS_UUID".to_string(), agent.machine.clone()),
+        ("RS_TOKEN".to_string(), token),
+        ("RS_CONTEXT".to_string(), agent.context.clone()),
+        ("RS_ENDPOINTS".to_string(), settings.endpoints.join(" ")),
+    ]);
+    if let Some(path) = &drpcli {
+        options.env.entry("PATH".to_string()).or_insert_with(|| AGENT_PATH.to_string());
+        options.mounts.push(Mount::bind_read_only(&path.display().to_string(), DRPCLI_IN_AGENT));
+    }
+    options.labels.extend([
+        (labels::MACHINE.to_string(), agent.machine.clone()),
+        (labels::CONTEXT.to_string(), agent.context.clone()),
+        (labels::PLUGIN.to_string(), settings.plugin_name.clone()),
+        (labels::ENGINE.to_string(), agent.engine.clone()),
+        (labels::IMAGE.to_string(), agent.image.clone()),
+    ]);
+    let mut spec = AgentSpec {
         name: agent.name.clone(),
         image: agent.image.clone(),
-        env: vec![
-            ("RS_UUID".to_string(), agent.machine.clone()),
-            ("RS_TOKEN".to_string(), token),
-            ("RS_CONTEXT".to_string(), agent.context.clone()),
-            ("RS_ENDPOINTS".to_string(), settings.endpoints.join(" ")),
-        ],
-        labels: BTreeMap::from([
-            (labels::MACHINE.to_string(), agent.machine.clone()),
-            (labels::CONTEXT.to_string(), agent.context.clone()),
-            (labels::PLUGIN.to_string(), settings.plugin_name.clone()),
-            (labels::ENGINE.to_string(), agent.engine.clone()),
-            (labels::IMAGE.to_string(), agent.image.clone()),
-        ])
-        .into_iter()
-        .chain(agent.manual.then(|| (labels::MANUAL.to_string(), "true".to_string())))
-        .collect(),
+        entrypoint: drpcli.map(|_| vec![DRPCLI_IN_AGENT.to_string(), "machines".to_string(), "processjobs".to_string()]),
         network: settings.agent_network.clone(),
-        drpcli: drpcli_path(plugin),
+        options,
+    };
+    let digest = spec_digest(&spec);
+    spec.options.labels.insert(labels::SPEC.to_string(), digest);
+    if agent.manual {
+        spec.options.labels.insert(labels::MANUAL.to_string(), "true".to_string());
     }
+    spec
+}
+
+/// A digest of what makes the agent what it is: the spec as canonical JSON, without
+/// the machine token (fetched afresh for every start), the digest itself and the
+/// `drp.manual` mark (adopting a manual agent must not replace it). Stable across
+/// plugin versions for an unchanged spec: [`AgentOptions`] leaves unset keys out, and a
+/// golden test below pins the encoding.
+pub fn spec_digest(spec: &AgentSpec) -> String {
+    let mut options = spec.options.clone();
+    options.env.remove("RS_TOKEN");
+    options.labels.remove(labels::SPEC);
+    options.labels.remove(labels::MANUAL);
+    // A struct, not a JSON map: its field order is fixed whatever serde_json's
+    // features are, and the options' maps are BTreeMaps.
+    #[derive(Serialize)]
+    struct Canonical<'a> {
+        name: &'a str,
+        image: &'a str,
+        entrypoint: &'a Option<Vec<String>>,
+        network: &'a str,
+        options: &'a AgentOptions,
+    }
+    let canonical = Canonical { name: &spec.name, image: &spec.image, entrypoint: &spec.entrypoint, network: &spec.network, options: &options };
+    let canonical = serde_json::to_vec(&canonical).unwrap_or_default();
+    let digest = Sha256::digest(&canonical);
+    hex::encode(&digest[..8])
 }
 
 /// The drpcli to inject: the param, else the one dr-provision serves, else none (the
@@ -250,6 +324,24 @@ async fn ensure_image(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pins the digest encoding: if this changes, every agent of every site is replaced
+    /// at the plugin's upgrade. Change it only on purpose, and say so in the README.
+    #[test]
+    fn the_spec_digest_of_an_unchanged_spec_never_changes() {
+        let mut options = AgentOptions::default();
+        options.env.insert("RS_UUID".into(), "m1".into());
+        options.env.insert("RS_TOKEN".into(), "secret".into());
+        options.labels.insert(labels::MACHINE.into(), "m1".into());
+        let spec = AgentSpec { name: "drp-c-m1".into(), image: "img:1".into(), entrypoint: None, network: "host".into(), options };
+        assert_eq!(spec_digest(&spec), "c77de7ca707d5fdd");
+        let mut retokened = spec.clone();
+        retokened.options.env.insert("RS_TOKEN".into(), "another".into());
+        retokened.options.labels.insert(labels::MANUAL.into(), "true".into());
+        assert_eq!(spec_digest(&retokened), spec_digest(&spec));
+        retokened.options.memory = Some(crate::options::Size(1 << 30));
+        assert_ne!(spec_digest(&retokened), spec_digest(&spec));
+    }
 
     #[test]
     fn agent_names_follow_the_spec_and_refuse_what_runtimes_refuse() {

@@ -128,6 +128,18 @@ impl DrpClient {
         Ok(reply.token)
     }
 
+    /// The machine's params, aggregated over its profiles and global as dr-provision
+    /// resolves them for the machine (`?aggregate=true`).
+    pub async fn machine_params(&self, uuid: &str) -> Result<serde_json::Map<String, serde_json::Value>, DrpError> {
+        #[cfg(test)]
+        if self.fixed_token.is_some() {
+            return Ok(serde_json::Map::new());
+        }
+        let params: Option<serde_json::Map<String, serde_json::Value>> =
+            self.get(&format!("/api/v3/machines/{uuid}/params?aggregate=true")).await?;
+        Ok(params.unwrap_or_default())
+    }
+
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, DrpError> {
         let endpoint = self.endpoint.as_deref().ok_or(DrpError::NoEndpoint)?;
         let mut request = self.http.get(format!("{endpoint}{path}"));

@@ -2,13 +2,14 @@
 //! loader speak only this trait; Docker, Podman and WASM engines implement it.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::pin::Pin;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::Stream;
 use serde::Serialize;
+
+use crate::options::AgentOptions;
 
 /// An image archive as a stream of chunks, already decompressed. Engines must consume it
 /// incrementally: archives can be gigabytes.
@@ -38,20 +39,50 @@ pub mod labels {
     /// `true` on an agent started by the `agentStart` action: it outlives settles that
     /// do not want it (see [`crate::agents::Agent::manual`]).
     pub const MANUAL: &str = "drp.manual";
+    /// A digest of the computed spec (token aside): an agent whose digest differs from
+    /// the wanted one is replaced (see [`crate::agents::spec_digest`]).
+    pub const SPEC: &str = "drp.spec";
 }
 
-/// Everything an engine needs to run one agent. Built by [`crate::agents`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything an engine needs to run one agent, computed whole by the host
+/// ([`crate::agents`]): engines translate it into their runtime's request and decide
+/// nothing of their own (no default env, no mounts, no entrypoint policy).
+#[derive(Clone, PartialEq)]
 pub struct AgentSpec {
     pub name: String,
+    /// Image reference, exactly as the Context names it (an engine may look it up
+    /// under its runtime's own spelling, e.g. Podman's `localhost/`).
     pub image: String,
-    pub env: Vec<(String, String)>,
-    pub labels: BTreeMap<String, String>,
+    /// `None`: the image's own entrypoint and command. `Some`: this entrypoint, and the
+    /// image's command dropped.
+    pub entrypoint: Option<Vec<String>>,
     /// Network mode, e.g. `host`.
     pub network: String,
-    /// When set: bind-mount this host file read-only at `/usr/bin/drpcli` and run it as
-    /// the entrypoint; otherwise the image's own entrypoint runs.
-    pub drpcli: Option<PathBuf>,
+    /// Env (`RS_*`, `PATH` when drpcli is injected), mounts (the drpcli bind among them),
+    /// labels (`drp.*` among them) and every other option, merged from all layers.
+    pub options: AgentOptions,
+}
+
+impl AgentSpec {
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.options.labels
+    }
+}
+
+/// Never prints env values: `RS_TOKEN` is a machine's credential.
+impl std::fmt::Debug for AgentSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: Vec<&str> = self.options.env.keys().map(String::as_str).collect();
+        f.debug_struct("AgentSpec")
+            .field("name", &self.name)
+            .field("image", &self.image)
+            .field("entrypoint", &self.entrypoint)
+            .field("network", &self.network)
+            .field("env (values hidden)", &env)
+            .field("labels", &self.options.labels)
+            .field("mounts", &self.options.mounts)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An agent as the engine sees it.
@@ -119,6 +150,10 @@ pub trait Engine: Send + Sync {
     /// The runtime's own feed of agents (carrying all `labels`) being removed, so one
     /// removed by hand is replaced at once rather than at the next resync. `None`: the
     /// engine has no feed (WASM engines), and resyncs alone find such removals.
+    /// The last `lines` lines of the agent's output (stdout and stderr, in order).
+    async fn agent_logs(&self, name: &str, _lines: u32) -> Result<Vec<String>, EngineError> {
+        Err(EngineError::Rejected { engine: self.name().to_string(), cause: format!("this engine cannot show agent logs (asked for {name})") })
+    }
     async fn agent_events(&self, _labels: &[(&str, &str)]) -> Result<Option<AgentEvents>, EngineError> {
         Ok(None)
     }

@@ -13,6 +13,7 @@ pub mod environment;
 pub mod events;
 pub mod images;
 pub mod logging;
+pub mod options;
 pub mod params;
 pub mod plugin;
 pub mod protocol;

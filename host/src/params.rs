@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use serde_json::{Map, Value};
 
 use crate::environment::Environment;
+use crate::options::AgentOptions;
+use crate::options::gate::Allowed;
+use crate::options::layers::PluginLayers;
 
 pub const PLUGIN_NAME: &str = "context-engines/plugin-name";
 pub const DEFAULT_ENGINE: &str = "context-engines/default-engine";
@@ -22,6 +25,9 @@ const MAX_PARALLEL_LIMIT: u64 = 4096;
 pub const WASM_DEADLINE_MS: &str = "context-engines/wasm-deadline-ms";
 pub const WASM_MEMORY_MB: &str = "context-engines/wasm-memory-mb";
 pub const RESYNC_SECS: &str = "context-engines/resync-secs";
+pub const AGENT_OPTIONS: &str = "context-engines/agent-options";
+pub const AGENT_OPTIONS_ENFORCED: &str = "context-engines/agent-options-enforced";
+pub const AGENT_OPTIONS_ALLOWED: &str = "context-engines/agent-options-allowed";
 
 /// All plugin params, in the order `define` lists them.
 pub const ALL: &[&str] = &[
@@ -36,6 +42,9 @@ pub const ALL: &[&str] = &[
     WASM_DEADLINE_MS,
     WASM_MEMORY_MB,
     RESYNC_SECS,
+    AGENT_OPTIONS,
+    AGENT_OPTIONS_ENFORCED,
+    AGENT_OPTIONS_ALLOWED,
 ];
 
 // Action params.
@@ -70,6 +79,8 @@ pub struct Settings {
     pub wasm_memory_mb: u64,
     /// Seconds between full reconciles while connected; 0 turns them off.
     pub resync_secs: u64,
+    /// Agent options of the plugin's own layers, and the gate for the others.
+    pub agent_options: PluginLayers,
 }
 
 impl Settings {
@@ -98,6 +109,12 @@ impl Settings {
             wasm_deadline_ms: positive(params, WASM_DEADLINE_MS, 30_000)?,
             wasm_memory_mb: positive(params, WASM_MEMORY_MB, 64)?,
             resync_secs: at_most(RESYNC_SECS, whole(params, RESYNC_SECS, 300)?, 31_536_000)?,
+            agent_options: PluginLayers {
+                defaults: agent_options(params, AGENT_OPTIONS)?,
+                enforced: agent_options(params, AGENT_OPTIONS_ENFORCED)?,
+                allowed: Allowed::from_list(&string_list(params, AGENT_OPTIONS_ALLOWED)?)
+                    .map_err(|why| ParamError::Invalid { name: AGENT_OPTIONS_ALLOWED.to_string(), why })?,
+            },
         })
     }
 
@@ -135,6 +152,12 @@ pub fn optional_string(params: &Map<String, Value>, name: &str) -> Result<Option
 
 pub fn required_string(params: &Map<String, Value>, name: &str) -> Result<String, ParamError> {
     optional_string(params, name)?.ok_or_else(|| ParamError::Missing(name.to_string()))
+}
+
+/// An agent options layer of the plugin's own; a wrong key is an error naming it.
+fn agent_options(params: &Map<String, Value>, name: &str) -> Result<AgentOptions, ParamError> {
+    let value = params.get(name).cloned().unwrap_or(Value::Null);
+    AgentOptions::from_value(&value).map_err(|e| ParamError::Invalid { name: name.to_string(), why: e.to_string() })
 }
 
 /// A whole number of at least 1, or `default` when absent.
@@ -278,6 +301,10 @@ mod tests {
         assert!(err.to_string().contains(RESYNC_SECS), "{err}");
         let err = Settings::from_params(&json!({ RESYNC_SECS: -1 }), &env()).unwrap_err();
         assert!(err.to_string().contains(RESYNC_SECS), "{err}");
+        let err = Settings::from_params(&json!({ AGENT_OPTIONS: {"memory": "lots"} }), &env()).unwrap_err();
+        assert!(err.to_string().contains(AGENT_OPTIONS) && err.to_string().contains("memory"), "{err}");
+        let err = Settings::from_params(&json!({ AGENT_OPTIONS_ALLOWED: ["root"] }), &env()).unwrap_err();
+        assert!(err.to_string().contains(AGENT_OPTIONS_ALLOWED) && err.to_string().contains("'root'"), "{err}");
         let err = Settings::from_params(&json!([1]), &env()).unwrap_err();
         assert_eq!(err, ParamError::NotAnObject("a list".to_string()));
     }

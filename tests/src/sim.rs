@@ -98,6 +98,9 @@ struct Inner {
 struct State {
     machines: BTreeMap<String, Value>,
     contexts: BTreeMap<String, Value>,
+    /// Profiles by name, each its `Params` object; "global" is dr-provision's global
+    /// profile, under every machine's own.
+    profiles: BTreeMap<String, Value>,
     subscribers: Vec<mpsc::UnboundedSender<Outgoing>>,
     logs: Vec<Value>,
     published: Vec<Value>,
@@ -250,6 +253,13 @@ impl Sim {
 
     pub fn delete_context(&self, name: &str) {
         self.inner.delete("contexts", name, |s| &mut s.contexts);
+    }
+
+    /// Sets a profile's params (`global` is the global profile), as aggregated into
+    /// `GET /machines/{uuid}/params?aggregate=true`. No event: profile edits do not
+    /// change machines, which is why the plugin reads them at each settle.
+    pub fn put_profile(&self, name: &str, params: Value) {
+        self.inner.state().profiles.insert(name.to_string(), params);
     }
 
     pub fn machine(&self, uuid: &str) -> Option<Value> {
@@ -608,6 +618,7 @@ fn route_api(inner: &Inner, path: &str) -> Response<Body> {
         ["machines", uuid] => get_one(st().machines.get(*uuid).cloned(), "machines", uuid),
         ["contexts", name] => get_one(st().contexts.get(*name).cloned(), "contexts", name),
         ["machines", uuid, "token"] => machine_token(inner, uuid),
+        ["machines", uuid, "params"] => aggregated_params(inner, uuid),
         _ => error(StatusCode::NOT_FOUND, "", "", &format!("sim: no route for {path}")),
     }
 }
@@ -617,6 +628,26 @@ fn get_one(obj: Option<Value>, model: &str, key: &str) -> Response<Body> {
         Some(v) => json_response(StatusCode::OK, &v),
         None => error(StatusCode::NOT_FOUND, model, key, &format!("Not Found: {model} {key}")),
     }
+}
+
+/// dr-provision's aggregation: the machine's own params win, then its profiles in
+/// order, then the global profile.
+fn aggregated_params(inner: &Inner, uuid: &str) -> Response<Body> {
+    let st = inner.state();
+    let Some(machine) = st.machines.get(uuid) else {
+        return error(StatusCode::NOT_FOUND, "machines", uuid, &format!("Not Found: machines {uuid}"));
+    };
+    let profiles = machine.get("Profiles").and_then(Value::as_array).cloned().unwrap_or_default();
+    let layers = std::iter::once(machine.get("Params").cloned())
+        .chain(profiles.iter().filter_map(Value::as_str).map(|p| st.profiles.get(p).cloned()))
+        .chain(std::iter::once(st.profiles.get("global").cloned()));
+    let mut params = serde_json::Map::new();
+    for layer in layers.flatten() {
+        for (key, value) in layer.as_object().cloned().unwrap_or_default() {
+            params.entry(key).or_insert(value);
+        }
+    }
+    json_response(StatusCode::OK, &Value::Object(params))
 }
 
 fn machine_token(inner: &Inner, uuid: &str) -> Response<Body> {

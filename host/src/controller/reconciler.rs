@@ -64,6 +64,9 @@ pub struct Decision {
     pub start: Option<(Agent, Context)>,
     /// A manual agent that is now the one its machine's Context wants.
     pub adopt: Option<Agent>,
+    /// The running agent kept as the wanted one, with the wanted agent and its Context:
+    /// a settle checks its spec digest against the wanted options (which need I/O).
+    pub keep: Option<(Agent, Agent, Context)>,
 }
 
 struct State {
@@ -602,6 +605,9 @@ impl Reconciler {
             let wanted = desired.as_ref().map(|(want, _)| want);
             if !keep && agent.running && wanted.is_some_and(|want| self.serves(want, &agent)) {
                 keep = true;
+                if let Some((want, context)) = &desired {
+                    decision.keep = Some((agent.clone(), want.clone(), context.clone()));
+                }
                 if agent.manual {
                     decision.adopt = Some(agent);
                 }
@@ -638,7 +644,14 @@ impl Reconciler {
     /// loaded between two turns of the lock, likewise.
     async fn settle(&self, uuid: &str) -> Result<(), (String, bool)> {
         let failed = |f: AgentFailure| (f.to_string(), f.source.is_permanent());
-        let planned = self.decide(uuid).map_err(|e| (e.to_string(), e.is_permanent()))?.start;
+        let decided = self.decide(uuid).map_err(|e| (e.to_string(), e.is_permanent()))?;
+        // A kept agent whose options changed is replaced: the id says which container
+        // the replacement was decided for, should the machine change meanwhile.
+        let outdated = match &decided.keep {
+            Some((running, want, context)) => self.outdated(running, want, context).await.map_err(failed)?,
+            None => None,
+        };
+        let planned = decided.start.or_else(|| outdated.as_ref().and_then(|_| decided.keep.map(|(_, want, context)| (want, context))));
         // A failed preparation fails the start only: the stops below still happen.
         let mut prepared = match &planned {
             Some((agent, context)) => Some(self.prepare(agent, context).await.map_err(failed)),
@@ -647,9 +660,15 @@ impl Reconciler {
         let mut loaded = false;
         loop {
             let machine = self.lock_machine(uuid).await;
-            let decision = self.decide(uuid).map_err(|e| (e.to_string(), e.is_permanent()))?;
+            let mut decision = self.decide(uuid).map_err(|e| (e.to_string(), e.is_permanent()))?;
             if let Some(agent) = &decision.adopt {
                 self.record(&Agent { manual: false, ..agent.clone() }, true);
+            }
+            if let Some((running, want, context)) = decision.keep.take()
+                && outdated.as_deref() == Some(running.id.as_str())
+            {
+                decision.stop.push(running);
+                decision.start = Some((want, context));
             }
             for agent in &decision.stop {
                 self.stop(agent).await.map_err(failed)?;
@@ -672,6 +691,27 @@ impl Reconciler {
                 Err(source) => return Err(failed(self.failure("starting", agent, source).await)),
             }
         }
+    }
+
+    /// The id of `running` when its spec is no longer the wanted one (its options
+    /// changed in some layer): it is then replaced. A manual agent is the operator's and
+    /// kept as it is; one started before specs were digested carries none and is kept,
+    /// so upgrading the plugin restarts nothing. Options that became unusable fail the
+    /// settle and leave the running agent alone.
+    async fn outdated(&self, running: &Agent, want: &Agent, context: &Context) -> Result<Option<String>, AgentFailure> {
+        if running.manual || running.spec.is_empty() {
+            return Ok(None);
+        }
+        let options = match agents::options_for(&self.plugin, want, context).await {
+            Ok(options) => options,
+            Err(source) => return Err(self.failure("checking the options of", want, source).await),
+        };
+        let wanted = agents::wanted_digest(&self.plugin, want, &options);
+        if wanted == running.spec {
+            return Ok(None);
+        }
+        tracing::info!(agent = %running.name, from = %running.spec, to = %wanted, "agent options changed; replacing the agent");
+        Ok(Some(running.id.clone()))
     }
 
     /// Starts `agent` now, for the `agentStart` action: as a settle does, holding the
@@ -733,7 +773,8 @@ impl Reconciler {
                 return Err(AgentError::Cancelled);
             }
         };
-        self.record(&Agent { id: info.id.clone(), ..agent.clone() }, true);
+        let spec = info.label(labels::SPEC).unwrap_or_default().to_string();
+        self.record(&Agent { id: info.id.clone(), spec, ..agent.clone() }, true);
         tracing::info!(agent = %agent.name, engine = %agent.engine, image = %agent.image, manual = agent.manual, "agent running");
         self.plugin.publish("agent-started", &agent.name, agent_event(agent, None)).await;
         Ok(info)
@@ -940,7 +981,7 @@ mod tests {
                 return Err(EngineError::Failed { engine: "docker".into(), cause: "runtime says no".into() });
             }
             let hang = self.hang_after_create.load(Ordering::SeqCst);
-            let info = AgentInfo { name: spec.name.clone(), id: spec.name.clone(), running: !hang, labels: spec.labels.clone() };
+            let info = AgentInfo { name: spec.name.clone(), id: spec.name.clone(), running: !hang, labels: spec.labels().clone() };
             self.agents.lock().expect("agents").insert(spec.name.clone(), info.clone());
             if hang {
                 std::future::pending::<()>().await;

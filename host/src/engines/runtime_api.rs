@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, ContainerCreateResponse, EventMessage, HostConfig, RestartPolicy, RestartPolicyNameEnum};
+use bollard::models::{ContainerCreateResponse, EventMessage};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, ImportImageOptionsBuilder, RemoveContainerOptionsBuilder,
     RemoveImageOptionsBuilder, StopContainerOptionsBuilder, TagImageOptionsBuilder,
@@ -18,15 +18,13 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
-use super::container_list;
-use crate::engine::{AgentEvents, AgentGone, AgentInfo, AgentSpec, ArchiveStream, Engine, EngineError, EngineInfo};
+use super::{container_list, container_spec};
+use crate::engine::{AgentEvents, AgentGone, AgentInfo, AgentSpec, ArchiveStream, Engine, EngineError, EngineInfo, labels};
 
 /// Long enough for a multi-gigabyte image load; bollard applies it per request.
 const LOAD_TIMEOUT_SECS: u64 = 900;
 /// Grace period for `processjobs` to finish its current step before it is killed.
 const STOP_GRACE_SECS: i32 = 10;
-const DRPCLI_IN_AGENT: &str = "/usr/bin/drpcli";
-const AGENT_PATH: &str = "PATH=/bin:/usr/bin:/usr/local/bin:/sbin:/usr/sbin:/usr/local/sbin";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
@@ -120,33 +118,6 @@ impl RuntimeApiEngine {
         names
     }
 
-    fn create_body(&self, spec: &AgentSpec, image: &str) -> ContainerCreateBody {
-        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let mut binds = Vec::new();
-        let mut entrypoint = None;
-        if let Some(drpcli) = &spec.drpcli {
-            binds.push(format!("{}:{DRPCLI_IN_AGENT}:ro", drpcli.display()));
-            entrypoint = Some(vec![DRPCLI_IN_AGENT.to_string(), "machines".to_string(), "processjobs".to_string()]);
-            if !spec.env.iter().any(|(k, _)| k == "PATH") {
-                env.push(AGENT_PATH.to_string());
-            }
-        }
-        ContainerCreateBody {
-            image: Some(image.to_string()),
-            env: Some(env),
-            labels: Some(spec.labels.clone().into_iter().collect()),
-            entrypoint,
-            cmd: spec.drpcli.as_ref().map(|_| Vec::new()),
-            host_config: Some(HostConfig {
-                network_mode: Some(spec.network.clone()),
-                binds: (!binds.is_empty()).then_some(binds),
-                restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::UNLESS_STOPPED), maximum_retry_count: None }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
     async fn inspect_agent(&self, name: &str) -> Result<Option<(AgentInfo, String)>, EngineError> {
         let docker = self.client().await?;
         match docker.inspect_container(name, None).await {
@@ -182,14 +153,12 @@ impl RuntimeApiEngine {
                 };
                 // Two plugin instances never touch each other's agents, nor anything else
                 // that happens to hold the name.
-                let ours = spec.labels.get(crate::engine::labels::PLUGIN).map(String::as_str);
-                if info.label(crate::engine::labels::PLUGIN) != ours {
-                    return Err(EngineError::Rejected {
-                        engine: self.name.clone(),
-                        cause: name_taken(&spec.name, info.label(crate::engine::labels::PLUGIN)),
-                    });
+                let ours = spec.labels().get(labels::PLUGIN).map(String::as_str);
+                if info.label(labels::PLUGIN) != ours {
+                    return Err(EngineError::Rejected { engine: self.name.clone(), cause: name_taken(&spec.name, info.label(labels::PLUGIN)) });
                 }
-                if info.running && info.label(crate::engine::labels::IMAGE) == Some(spec.image.as_str()) {
+                // The same spec (options, image, drpcli, …) is kept; anything else replaced.
+                if info.running && info.label(labels::SPEC) == spec.labels().get(labels::SPEC).map(String::as_str) {
                     return Ok(info);
                 }
                 self.remove(&info.id).await?;
@@ -201,7 +170,7 @@ impl RuntimeApiEngine {
             let _ = self.remove(&created.id).await;
             return Err(self.error(e));
         }
-        Ok(AgentInfo { name: spec.name.clone(), id: created.id, running: true, labels: spec.labels.clone() })
+        Ok(AgentInfo { name: spec.name.clone(), id: created.id, running: true, labels: spec.labels().clone() })
     }
 
     /// Creates the agent's container from the first name the runtime knows the image by.
@@ -211,7 +180,7 @@ impl RuntimeApiEngine {
         let options = CreateContainerOptionsBuilder::new().name(&spec.name).build();
         let mut candidates = self.candidates(&spec.image).into_iter().peekable();
         while let Some(image) = candidates.next() {
-            match docker.create_container(Some(options.clone()), self.create_body(spec, &image)).await {
+            match docker.create_container(Some(options.clone()), container_spec::create_body(spec, &image)).await {
                 Err(e) if Self::is_missing_image(&e) && candidates.peek().is_some() => continue,
                 outcome => return outcome,
             }
@@ -257,7 +226,7 @@ fn agent_gone(event: EventMessage) -> Option<AgentGone> {
     Some(AgentGone {
         name: attributes.get("name")?.trim_start_matches('/').to_string(),
         id: actor.id.unwrap_or_default(),
-        machine: attributes.get(crate::engine::labels::MACHINE)?.clone(),
+        machine: attributes.get(labels::MACHINE)?.clone(),
     })
 }
 

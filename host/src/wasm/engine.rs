@@ -212,6 +212,40 @@ impl WasmEngine {
         }
     }
 
+    /// `spec` in the contract's terms. engine@0.1.0 knows env, labels, network and the
+    /// drpcli injection only: a spec with any other option is refused, naming them,
+    /// rather than run without them.
+    fn contract_spec(&self, spec: &AgentSpec) -> Result<bindings::AgentSpec, EngineError> {
+        let mut rest = spec.options.clone();
+        let env = std::mem::take(&mut rest.env);
+        let labels = std::mem::take(&mut rest.labels);
+        let drpcli = rest
+            .mounts
+            .iter()
+            .position(|m| m.target == crate::agents::DRPCLI_IN_AGENT && m.read_only)
+            .filter(|_| spec.entrypoint.is_some())
+            .map(|at| rest.mounts.remove(at))
+            .and_then(|m| m.source);
+        if !rest.is_empty() || (spec.entrypoint.is_some() && drpcli.is_none()) {
+            return Err(EngineError::Rejected {
+                engine: self.name.clone(),
+                cause: format!(
+                    "this engine implements context-engines:engine@0.1.0, which cannot express the agent options {}; \
+                     use an engine built against engine@0.2.0, or drop those options",
+                    rest.keys().join(", ")
+                ),
+            });
+        }
+        Ok(bindings::AgentSpec {
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            env: key_values(&env),
+            labels: key_values(&labels),
+            network: spec.network.clone(),
+            drpcli,
+        })
+    }
+
     /// `describe`, run like any other call.
     pub async fn describe(&self) -> Result<bindings::EngineInfo, EngineError> {
         self.call("describe", None, |e, store| {
@@ -329,14 +363,7 @@ impl Engine for WasmEngine {
     }
 
     async fn agent_start(&self, spec: &AgentSpec) -> Result<AgentInfo, EngineError> {
-        let spec = bindings::AgentSpec {
-            name: spec.name.clone(),
-            image: spec.image.clone(),
-            env: spec.env.iter().map(|(key, value)| bindings::KeyValue { key: key.clone(), value: value.clone() }).collect(),
-            labels: key_values(&spec.labels),
-            network: spec.network.clone(),
-            drpcli: spec.drpcli.as_ref().map(|p| p.display().to_string()),
-        };
+        let spec = self.contract_spec(spec)?;
         self.call("agent-start", None, move |e, store| {
             Box::pin(async move { e.context_engines_engine_lifecycle().call_agent_start(store, &spec).await })
         })

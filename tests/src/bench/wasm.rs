@@ -184,7 +184,7 @@ impl Engine for InMemory {
         Ok(false)
     }
     async fn agent_start(&self, spec: &AgentSpec) -> Result<AgentInfo, EngineError> {
-        Ok(AgentInfo { name: spec.name.clone(), id: String::new(), running: true, labels: spec.labels.clone() })
+        Ok(AgentInfo { name: spec.name.clone(), id: String::new(), running: true, labels: spec.labels().clone() })
     }
     async fn agent_stop(&self, _name: &str) -> Result<bool, EngineError> {
         Ok(false)
