@@ -15,7 +15,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/rootfs/bin" "$work/rootfs/usr/bin" "$work/rootfs/tmp"
 cp /bin/busybox "$work/rootfs/bin/busybox"
-for applet in sh sleep wget sed echo cat env ls hostname true; do
+for applet in sh sleep wget sed echo cat env ls hostname true head; do
   ln -sf busybox "$work/rootfs/bin/$applet"
 done
 tar -C "$work/rootfs" -cf "$work/plain-rootfs.tar" .

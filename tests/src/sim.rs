@@ -65,6 +65,10 @@ pub struct AgentReport {
     pub endpoints: String,
     pub args: String,
     pub path: String,
+    /// `CE_PROBE` and the first line of the file `CE_PROBE_FILE` names, as the agent
+    /// saw them (agent options tests).
+    pub probe: String,
+    pub file: String,
     pub raw_query: String,
 }
 
@@ -803,6 +807,8 @@ fn agent_report(inner: &Inner, query: &str) -> Response<Body> {
         endpoints: String::new(),
         args: String::new(),
         path: String::new(),
+        probe: String::new(),
+        file: String::new(),
         raw_query: query.to_owned(),
     };
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
@@ -813,6 +819,8 @@ fn agent_report(inner: &Inner, query: &str) -> Response<Body> {
             "endpoints" => &mut report.endpoints,
             "args" => &mut report.args,
             "path" => &mut report.path,
+            "probe" => &mut report.probe,
+            "file" => &mut report.file,
             _ => continue,
         };
         *slot = v.into_owned();

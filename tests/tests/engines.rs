@@ -9,6 +9,10 @@ use ce_tests::world::{World, unique};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+#[path = "engines/options.rs"]
+mod options;
+use options::*;
+
 const SETTLE: Duration = Duration::from_secs(60);
 
 macro_rules! behaviour_suite {
@@ -47,6 +51,10 @@ behaviour_suite! {
         a_name_held_by_another_plugin_is_left_alone,
         agent_removed_by_hand_is_replaced,
         same_image_with_different_checksums_is_loaded_and_checked_apart,
+        agent_options_reach_the_agent,
+        options_layers_merge_and_the_enforced_layer_wins,
+        options_that_give_the_host_are_gated,
+        changed_options_replace_agents_and_bad_ones_are_refused,
     ]
 }
 

@@ -1044,7 +1044,9 @@ mod tests {
         r.apply(&event("machines", "create", "m", json!({"Uuid": "m", "Context": "c"}))).expect("m");
         let (agent, _) = r.decide("m").expect("decide").start.expect("start");
         r.record(&agent, true);
-        assert_eq!(r.decide("m").expect("decide"), Decision::default(), "a matching agent is kept");
+        let kept = r.decide("m").expect("decide");
+        assert!(kept.stop.is_empty() && kept.start.is_none(), "a matching agent is kept: {kept:?}");
+        assert_eq!(kept.keep.map(|(running, _, _)| running), Some(agent.clone()));
         let touched = r.apply(&event("contexts", "update", "c", context("c", "context-engines", "img:2"))).expect("ctx");
         assert!(touched.contains("m"));
         let decision = r.decide("m").expect("decide");
@@ -1169,6 +1171,39 @@ mod tests {
         let starts = engine.starts();
         tokio::time::sleep(Duration::from_secs(600)).await;
         assert_eq!(engine.starts(), starts, "no timer left behind");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changed_options_replace_the_agent_and_unusable_ones_leave_it_running() {
+        let engine = Arc::new(MemEngine::default());
+        let r = reconciler_with(Some(Arc::clone(&engine)));
+        let with_options = |options: &str| {
+            let mut ctx = context("c", "context-engines", "img:1");
+            ctx["Meta"] = json!({"agent-options": options});
+            ctx
+        };
+        let spec_label = || engine.agents.lock().expect("agents").values().next().and_then(|a| a.label(labels::SPEC).map(str::to_string));
+        r.on_event(&event("contexts", "create", "c", with_options(r#"{"memory": "64m"}"#))).expect("ctx");
+        r.on_event(&event("machines", "create", "m", json!({"Uuid": "m", "Context": "c"}))).expect("m");
+        r.idle().await;
+        let first = spec_label();
+        assert_eq!((engine.starts(), first.is_some()), (1, true));
+        // The same options spelled otherwise, and a machine update: nothing to do.
+        r.on_event(&event("contexts", "update", "c", with_options(r#"{"memory": 67108864}"#))).expect("same");
+        r.on_event(&event("machines", "update", "m", json!({"Uuid": "m", "Context": "c"}))).expect("m");
+        r.idle().await;
+        assert_eq!(engine.starts(), 1, "an unchanged spec was replaced");
+        r.on_event(&event("contexts", "update", "c", with_options(r#"{"memory": "128m"}"#))).expect("changed");
+        r.idle().await;
+        assert_eq!(engine.starts(), 2, "changed options did not replace the agent");
+        assert_ne!(spec_label(), first);
+        assert_eq!(running(&r), vec!["drp-c-m".to_string()]);
+        r.on_event(&event("contexts", "update", "c", with_options("{not json"))).expect("bad");
+        r.idle().await;
+        assert_eq!((engine.starts(), engine.names()), (2, vec!["drp-c-m".to_string()]), "unusable options took the agent down");
+        let status = r.summary();
+        assert!(status["failing"][0]["error"].as_str().is_some_and(|e| e.contains("the Context 'c'") && e.contains("not valid JSON")), "{status}");
+        assert_eq!(status["failing"][0]["parked"], true);
     }
 
     #[tokio::test(start_paused = true)]

@@ -349,7 +349,7 @@ mod tests {
     #[test]
     fn bad_input_names_the_key() {
         let cases = [
-            (json!({"memmory": "1g"}), "(top)", "unknown field `memmory`"),
+            (json!({"memmory": "1g"}), "memmory", "unknown field `memmory`"),
             (json!({"memory": -5}), "memory", "size"),
             (json!({"memory": "12q"}), "memory", "unit"),
             (json!({"cpus": "two"}), "cpus", "invalid type"),
