@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
 use super::{container_list, container_spec};
+use crate::images::ImageRef;
 use crate::engine::{AgentEvents, AgentGone, AgentInfo, AgentSpec, ArchiveStream, Engine, EngineError, EngineInfo, labels};
 
 /// Long enough for a multi-gigabyte image load; bollard applies it per request.
@@ -112,7 +113,8 @@ impl RuntimeApiEngine {
     /// compat API does not always resolve the short name back, so try both.
     fn candidates(&self, image: &str) -> Vec<String> {
         let mut names = vec![image.to_string()];
-        if self.flavor == Flavor::Podman && !has_registry(image) {
+        let short = ImageRef::parse(image).is_ok_and(|r| !r.has_registry());
+        if self.flavor == Flavor::Podman && short {
             names.push(format!("localhost/{image}"));
         }
         names
@@ -238,19 +240,6 @@ pub fn name_taken(name: &str, owner: Option<&str>) -> String {
     }
 }
 
-fn has_registry(image: &str) -> bool {
-    image.split_once('/').is_some_and(|(first, _)| first.contains('.') || first.contains(':') || first == "localhost")
-}
-
-/// Splits `repo[:tag]` as the tag endpoint wants it; a `:` before the last `/` is a
-/// registry port, not a tag.
-pub fn split_reference(image: &str) -> (&str, &str) {
-    match image.rsplit_once(':') {
-        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
-        _ => (image, "latest"),
-    }
-}
-
 /// `docker load` reports what it loaded as `Loaded image: X` or `Loaded image ID: X`
 /// (Podman: `Loaded image(s): X,Y`).
 fn loaded_reference(line: &str) -> Option<String> {
@@ -316,7 +305,8 @@ impl Engine for RuntimeApiEngine {
 
     async fn image_tag(&self, source: &str, target: &str) -> Result<(), EngineError> {
         let docker = self.client().await?;
-        let (repo, tag) = split_reference(target);
+        let target = ImageRef::parse(target).map_err(|cause| EngineError::Rejected { engine: self.name.clone(), cause })?;
+        let (repo, tag) = target.repository_and_tag();
         let options = TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
         docker.tag_image(source, Some(options)).await.map_err(|e| self.error(e))
     }
@@ -393,14 +383,6 @@ impl Engine for RuntimeApiEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn references_split_at_the_tag_not_the_registry_port() {
-        assert_eq!(split_reference("foo/bar:1"), ("foo/bar", "1"));
-        assert_eq!(split_reference("foo/bar"), ("foo/bar", "latest"));
-        assert_eq!(split_reference("reg:5000/foo"), ("reg:5000/foo", "latest"));
-        assert_eq!(split_reference("reg:5000/foo:2"), ("reg:5000/foo", "2"));
-    }
 
     #[test]
     fn load_reports_are_parsed_for_docker_and_podman() {
