@@ -647,9 +647,13 @@ impl Reconciler {
         let decided = self.decide(uuid).map_err(|e| (e.to_string(), e.is_permanent()))?;
         // A kept agent whose options changed is replaced: the id says which container
         // the replacement was decided for, should the machine change meanwhile.
-        let outdated = match &decided.keep {
-            Some((running, want, context)) => self.outdated(running, want, context).await.map_err(failed)?,
-            None => None,
+        // Options that cannot be read fail the settle at its end: the stops still happen.
+        let (outdated, unchecked) = match &decided.keep {
+            Some((running, want, context)) => match self.outdated(running, want, context).await {
+                Ok(outdated) => (outdated, None),
+                Err(failure) => (None, Some(failed(failure))),
+            },
+            None => (None, None),
         };
         let planned = decided.start.or_else(|| outdated.as_ref().and_then(|_| decided.keep.map(|(_, want, context)| (want, context))));
         // A failed preparation fails the start only: the stops below still happen.
@@ -673,7 +677,7 @@ impl Reconciler {
             for agent in &decision.stop {
                 self.stop(agent).await.map_err(failed)?;
             }
-            let Some((agent, context)) = &decision.start else { return Ok(()) };
+            let Some((agent, context)) = &decision.start else { return unchecked.map_or(Ok(()), Err) };
             let still = planned.as_ref().is_some_and(|(a, c)| a.same_as(agent) && c == context);
             let ready = match prepared.take().filter(|_| still) {
                 Some(ready) => ready?,
