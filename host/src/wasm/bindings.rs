@@ -164,10 +164,19 @@ impl std::fmt::Display for Contract {
 }
 
 /// A component linked and ready to instantiate, with the bindings of its contract.
-#[derive(Clone)]
 pub enum EnginePre<T: 'static> {
     V0_1(v01::EnginePre<T>),
     V0_2(v02::EnginePre<T>),
+}
+
+// By hand: a derive would ask `T: Clone`, which the store's data is not (nor need be).
+impl<T: 'static> Clone for EnginePre<T> {
+    fn clone(&self) -> Self {
+        match self {
+            EnginePre::V0_1(pre) => EnginePre::V0_1(pre.clone()),
+            EnginePre::V0_2(pre) => EnginePre::V0_2(pre.clone()),
+        }
+    }
 }
 
 impl<T: 'static> EnginePre<T> {
