@@ -9,12 +9,19 @@ use std::path::{Path, PathBuf};
 use serde_yaml::{Mapping, Value};
 
 fn main() {
-    let content = Path::new(env!("CARGO_MANIFEST_DIR")).join("../content");
+    let content = manifest_dir().join("../content");
     println!("cargo:rerun-if-changed={}", content.display());
     let bundle = bundle(&content).unwrap_or_else(|e| panic!("content/: {e}"));
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     fs::write(out.join("content.yaml"), bundle).expect("write content bundle");
     fs::write(out.join("bundled_engines.rs"), bundled_engines()).expect("write engine list");
+}
+
+/// The package's directory, read when the script runs, not when it is compiled: two
+/// checkouts sharing a target dir (git worktrees) share this script's binary, and each
+/// must bundle its own engines and content.
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
 }
 
 /// The WASM engines `unpack` writes, embedded from engines-wasm/'s build output
@@ -23,7 +30,7 @@ fn main() {
 const BUNDLED: &[&str] = &["docker-api", "null"];
 
 fn bundled_engines() -> String {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engines-wasm/target/engines");
+    let dir = manifest_dir().join("../engines-wasm/target/engines");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut entries = String::new();
     for name in BUNDLED {

@@ -98,7 +98,8 @@ async fn a_bad_engine_file_is_reported_and_changes_nothing_else() {
         install(w, "future.wasm", "future")?;
         let row = wait_row(w, "future", |r| r.is_some()).await?.context("future listed")?;
         ensure!(row["state"] == "failed", "row {row}");
-        ensure!(row["error"].to_string().contains("lifecycle@0.2.0"), "reason: {row}");
+        ensure!(row["error"].to_string().contains("lifecycle@0.3.0"), "reason: {row}");
+        ensure!(row["error"].to_string().contains("no engine contract this host supports"), "reason: {row}");
         // The other engines are untouched and serve.
         ensure!(engine_row(w, "null").await?.is_some_and(|r| r["state"] == "ready"), "null engine lost");
         ensure!(engine_row(w, "docker").await?.is_some_and(|r| r["state"] == "ready"), "docker engine lost");
@@ -189,17 +190,42 @@ fn engines_check_reports_what_fits_and_what_does_not() {
         .expect("run engines check");
     let stdout = String::from_utf8_lossy(&good.stdout);
     assert!(good.status.success(), "check of docker-api failed: {}", String::from_utf8_lossy(&good.stderr));
-    assert!(stdout.contains("exports context-engines:engine/lifecycle@0.1.0"), "{stdout}");
-    assert!(stdout.contains("image-load") && stdout.contains("agent-start"), "{stdout}");
+    assert!(stdout.contains("implements context-engines:engine/engine@0.2.0"), "{stdout}");
+    assert!(stdout.contains("contract: 0.2.0"), "{stdout}");
+    assert!(stdout.contains("exports context-engines:engine/lifecycle@0.2.0"), "{stdout}");
+    assert!(stdout.contains("image-load") && stdout.contains("agent-start") && stdout.contains("agent-logs"), "{stdout}");
     assert!(stdout.contains("describe: name=docker-api"), "{stdout}");
+    assert!(stdout.contains("features: mounts, resources, security, process, logs\n"), "{stdout}");
+    assert!(stdout.contains("features not declared (options needing them are refused): none"), "{stdout}");
 
-    // A component for another version of the package: refused, saying what it is.
+    // The frozen 0.1 engine still fits, and says which contract it has.
+    let legacy = Command::new(plugin_bin())
+        .args(["engines", "check"])
+        .arg(wasm_engines().join("legacy-docker.wasm"))
+        .output()
+        .expect("run engines check");
+    let stdout = String::from_utf8_lossy(&legacy.stdout);
+    assert!(legacy.status.success(), "check of legacy-docker failed: {}", String::from_utf8_lossy(&legacy.stderr));
+    assert!(stdout.contains("implements context-engines:engine/engine@0.1.0") && stdout.contains("contract: 0.1.0"), "{stdout}");
+    assert!(stdout.contains("exports context-engines:engine/lifecycle@0.1.0"), "{stdout}");
+    assert!(!stdout.contains("agent-logs"), "{stdout}");
+
+    // null declares no feature: the check says what it will be refused.
+    let null = Command::new(plugin_bin()).args(["engines", "check"]).arg(wasm_engines().join("null.wasm")).output().expect("run check");
+    let stdout = String::from_utf8_lossy(&null.stdout);
+    assert!(stdout.contains("features: none\n"), "{stdout}");
+    assert!(
+        stdout.contains("features not declared (options needing them are refused): mounts, resources, security, process, logs"),
+        "{stdout}"
+    );
+
+    // A component for a version the host does not speak: refused, saying what it is.
     let future =
         Command::new(plugin_bin()).args(["engines", "check"]).arg(wasm_engines().join("future.wasm")).output().expect("run engines check");
     let stderr = String::from_utf8_lossy(&future.stderr);
-    assert!(!future.status.success(), "a component of engine@0.2.0 passed the check");
-    assert!(stderr.contains("does not fit the world context-engines:engine/engine@0.1.0"), "{stderr}");
-    assert!(stderr.contains("exports context-engines:engine/lifecycle@0.2.0"), "the error should show what it exports: {stderr}");
+    assert!(!future.status.success(), "a component of engine@0.3.0 passed the check");
+    assert!(stderr.contains("implements no engine contract this host supports (context-engines:engine@0.1.0 or @0.2.0)"), "{stderr}");
+    assert!(stderr.contains("exports context-engines:engine/lifecycle@0.3.0"), "the error should show what it exports: {stderr}");
 
     let junk = std::env::temp_dir().join(format!("{}.wasm", unique("junk")));
     std::fs::write(&junk, b"definitely not wasm").expect("write junk");
@@ -371,4 +397,148 @@ async fn an_image_load_answered_late_is_bounded_by_the_request_timeout_not_the_d
         Ok(())
     })
     .await
+}
+
+/// The error of the `agent-failed` event published for `machine`.
+async fn start_failure(w: &World, machine: &str) -> anyhow::Result<String> {
+    let failed = w
+        .sim
+        .wait_for("an agent-failed event", SETTLE, || {
+            w.sim.published().into_iter().find(|e| e["Action"] == "agent-failed" && e["Object"]["Machine"] == machine)
+        })
+        .await?;
+    Ok(failed["Object"]["Error"].as_str().unwrap_or_default().to_string())
+}
+
+/// A Context of `w` on engine `engine`, with agent options (JSON text) when given.
+fn context_on(w: &World, name: &str, image: &str, engine: &str, options: Option<&str>) -> Value {
+    let mut ctx = w.context(name, image);
+    ctx["Meta"] = json!({"context-engine": engine});
+    if let Some(options) = options {
+        ctx["Meta"]["agent-options"] = json!(options);
+    }
+    ctx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_0_1_runs_plain_agents_and_a_start_with_options_fails_naming_them() {
+    run_scenario("docker", "an_engine_0_1_runs_plain_agents_and_a_start_with_options_fails_naming_them", async |w| {
+        install(w, "legacy-docker.wasm", "legacy")?;
+        let mut params = w.params();
+        params["context-engines/engine-config"]["legacy"] = docker_api_at(DOCKER_TCP);
+        let (code, body) = w.plugin().config(params).await?;
+        ensure!(code == 200, "config: {code} {body}");
+        let row = wait_row(w, "legacy", |r| r.is_some_and(|r| r["state"] == "ready")).await?.context("legacy listed")?;
+        ensure!(row["version"].as_str().is_some_and(|v| v.contains("engine@0.1.0")), "the row should show the contract: {row}");
+        let image = w.image();
+        w.upload("plain.tar", &image).await?;
+        // Without options, a 0.1 engine runs the agent, drpcli injected as 0.1 knows it.
+        w.sim.put_context(context_on(w, "plain", &image, "legacy", None));
+        let plain = unique("m");
+        w.sim.put_machine(World::machine(&plain, "plain"));
+        let agents = w.wait_agents(1, SETTLE).await?;
+        let labels = agents[0].labels.clone().unwrap_or_default();
+        ensure!(labels.get("drp.engine").map(String::as_str) == Some("legacy"), "labels {labels:?}");
+        // With an option 0.1 cannot express, the start fails, naming engine, contract and option.
+        w.sim.put_context(context_on(w, "opts", &image, "legacy", Some(r#"{"memory":"64m"}"#)));
+        let opts = unique("m");
+        w.sim.put_machine(World::machine(&opts, "opts"));
+        let error = start_failure(w, &opts).await?;
+        for says in ["'legacy'", "engine@0.1.0", "memory"] {
+            ensure!(error.contains(says), "the error should say {says:?}: {error}");
+        }
+        ensure!(w.agents().await?.len() == 1, "an agent started without its options");
+        // The plugin keeps serving, through that engine too.
+        let (code, body) = w.action("imageExists", json!({"context/image-name": image, "context/engine": "legacy"})).await?;
+        ensure!(code == 200 && body == json!(true), "imageExists through legacy: {code} {body}");
+        w.sim.put_machine(World::machine(&plain, ""));
+        w.sim.put_machine(World::machine(&opts, ""));
+        w.wait_agents(0, SETTLE).await?;
+        ensure!(w.plugin.as_mut().is_some_and(|p| p.is_running()), "the plugin died");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_0_2_lacking_a_feature_is_refused_the_start_naming_it() {
+    run_scenario("docker", "an_engine_0_2_lacking_a_feature_is_refused_the_start_naming_it", async |w| {
+        install(w, "null.wasm", "null")?;
+        let row = wait_row(w, "null", |r| r.is_some_and(|r| r["state"] == "ready")).await?.context("null listed")?;
+        ensure!(row["version"].as_str().is_some_and(|v| v.contains("engine@0.2.0")), "the row should show the contract: {row}");
+        w.sim.put_context(context_on(w, "opts", "ce-none/x:1", "null", Some(r#"{"memory":"64m","workdir":"/tmp"}"#)));
+        let uuid = unique("m");
+        w.sim.put_machine(World::machine(&uuid, "opts"));
+        let error = start_failure(w, &uuid).await?;
+        for says in ["'null'", "engine@0.2.0", "resources (for memory)", "process (for workdir)", "declares: none"] {
+            ensure!(error.contains(says), "the error should say {says:?}: {error}");
+        }
+        ensure!(w.plugin.as_mut().is_some_and(|p| p.is_running()), "the plugin died");
+        Ok(())
+    })
+    .await
+}
+
+/// docker-api applies the whole spec, on dockerd and on Podman's compat API alike, and
+/// keeps an agent whose spec is unchanged.
+async fn docker_api_applies_agent_options(w: &mut World) -> anyhow::Result<()> {
+    let image = w.image();
+    w.upload("plain.tar", &image).await?;
+    let options = |memory: &str| {
+        json!({
+            "memory": memory, "cpus": 0.5, "pids-limit": 100, "workdir": "/tmp", "cap-drop": ["NET_RAW"],
+            "mounts": [{"type": "tmpfs", "target": "/scratch", "tmpfs-size": "1m"}],
+            "labels": {"team": "infra"}, "env": {"EXTRA": "1"}
+        })
+        .to_string()
+    };
+    w.sim.put_context(context_on(w, "opts", &image, "docker-api", Some(&options("64m"))));
+    let uuid = unique("m");
+    w.sim.put_machine(World::machine(&uuid, "opts"));
+    let agents = w.wait_agents(1, SETTLE).await?;
+    let id = agents[0].id.clone().context("agent id")?;
+    let inspect = w.runtime.inspect_container(&id, None).await?;
+    let host = inspect.host_config.clone().unwrap_or_default();
+    let config = inspect.config.clone().unwrap_or_default();
+    ensure!(host.memory == Some(64 << 20), "memory {:?}", host.memory);
+    ensure!(host.nano_cpus == Some(500_000_000), "nano cpus {:?}", host.nano_cpus);
+    ensure!(host.pids_limit == Some(100), "pids limit {:?}", host.pids_limit);
+    ensure!(config.working_dir.as_deref() == Some("/tmp"), "workdir {:?}", config.working_dir);
+    ensure!(config.labels.unwrap_or_default().get("team").map(String::as_str) == Some("infra"), "labels");
+    ensure!(config.env.unwrap_or_default().iter().any(|e| e == "EXTRA=1"), "env");
+    let scratch = host.mounts.unwrap_or_default().iter().any(|m| m.target.as_deref() == Some("/scratch"))
+        || host.tmpfs.unwrap_or_default().contains_key("/scratch")
+        || inspect.mounts.unwrap_or_default().iter().any(|m| m.destination.as_deref() == Some("/scratch"));
+    ensure!(scratch, "no tmpfs at /scratch");
+    // The same spec again: kept. Another one: replaced.
+    w.sim.put_machine(World::machine(&uuid, "opts"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = w.wait_agents(1, SETTLE).await?;
+    ensure!(again[0].id.as_deref() == Some(id.as_str()), "an unchanged agent was replaced");
+    w.sim.put_context(context_on(w, "opts", &image, "docker-api", Some(&options("96m"))));
+    w.sim.put_machine(World::machine(&uuid, "opts"));
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let now = w.running_agents().await?;
+        if let Some(new) = now.iter().find(|a| a.id.as_deref() != Some(id.as_str())).and_then(|a| a.id.clone()) {
+            let memory = w.runtime.inspect_container(&new, None).await?.host_config.and_then(|h| h.memory);
+            ensure!(memory == Some(96 << 20), "replaced agent's memory {memory:?}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the agent was not replaced after its options changed\n{}", w.stderr_tail());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    w.sim.put_machine(World::machine(&uuid, ""));
+    w.wait_agents(0, SETTLE).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_api_applies_agent_options_on_dockerd() {
+    run_scenario("docker_api", "docker_api_applies_agent_options_on_dockerd", docker_api_applies_agent_options).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_api_applies_agent_options_on_podman() {
+    run_scenario("docker_api_on_podman", "docker_api_applies_agent_options_on_podman", docker_api_applies_agent_options).await
 }

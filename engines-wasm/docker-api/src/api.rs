@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use context_engines_sdk::http::{encode, encode_path};
-use context_engines_sdk::{AgentInfo, AgentSpec, DEFAULT_PATH, DRPCLI_ENTRYPOINT, DRPCLI_IN_AGENT, EngineError, Settings};
+use context_engines_sdk::{AgentInfo, AgentSpec, EngineError, Mount, MountKind, Settings};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -156,30 +156,130 @@ pub fn container_list_path(labels: &[(String, String)]) -> String {
     format!("/containers/json?all=1&filters={}", encode(&filters))
 }
 
+/// `GET /containers/{name}/logs?stdout=1&stderr=1&tail=N`
+pub fn container_logs_path(name: &str, lines: u32) -> String {
+    format!("/containers/{}/logs?stdout=1&stderr=1&tail={lines}", encode(name))
+}
+
 /// The body of `POST /containers/create` for `spec`, running `image` (the name under
-/// which the runtime has it). With a drpcli to inject: bind-mounted read-only at
-/// `/usr/bin/drpcli`, entrypoint `/usr/bin/drpcli machines processjobs`, no command, and
-/// a default `PATH`.
+/// which the runtime has it). A translation only, field for field as the host's native
+/// engines build it (`host/src/engines/container_spec.rs`): every decision (env, mounts,
+/// the drpcli entrypoint) was the host's. Unset options are left out, so the runtime's
+/// defaults apply.
 pub fn create_body(spec: &AgentSpec, image: &str) -> Value {
-    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let labels: Map<String, Value> = spec.labels.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-    let mut host_config = Map::new();
-    host_config.insert("NetworkMode".into(), Value::String(spec.network.clone()));
     let mut body = Map::new();
-    body.insert("Image".into(), Value::String(image.to_string()));
-    if let Some(drpcli) = &spec.drpcli {
-        if spec.env_var("PATH").is_none() {
-            env.push(format!("PATH={DEFAULT_PATH}"));
-        }
-        host_config.insert("Binds".into(), json!([format!("{drpcli}:{DRPCLI_IN_AGENT}:ro")]));
-        body.insert("Entrypoint".into(), json!(DRPCLI_ENTRYPOINT));
+    body.insert("Image".into(), json!(image));
+    body.insert("Env".into(), json!(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>()));
+    let labels: BTreeMap<&str, &str> = spec.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    body.insert("Labels".into(), json!(labels));
+    if let Some(entrypoint) = &spec.entrypoint {
+        body.insert("Entrypoint".into(), json!(entrypoint));
+        // A replaced entrypoint runs without the image's command.
         body.insert("Cmd".into(), json!([]));
     }
-    host_config.insert("RestartPolicy".into(), json!({ "Name": "unless-stopped" }));
-    body.insert("Env".into(), json!(env));
-    body.insert("Labels".into(), Value::Object(labels));
-    body.insert("HostConfig".into(), Value::Object(host_config));
+    insert_some(&mut body, "User", spec.security.user.as_ref());
+    insert_some(&mut body, "WorkingDir", spec.process.workdir.as_ref());
+    insert_some(&mut body, "StopTimeout", spec.process.stop_timeout_secs);
+    body.insert("HostConfig".into(), Value::Object(host_config(spec)));
     Value::Object(body)
+}
+
+/// `HostConfig`: network, mounts, resources, security and the restart policy.
+fn host_config(spec: &AgentSpec) -> Map<String, Value> {
+    let (r, sec, p) = (&spec.resources, &spec.security, &spec.process);
+    let mut host = Map::new();
+    host.insert("NetworkMode".into(), json!(spec.network));
+    if !spec.mounts.is_empty() {
+        host.insert("Mounts".into(), Value::Array(spec.mounts.iter().map(mount).collect()));
+    }
+    insert_some(&mut host, "Memory", r.memory);
+    insert_some(&mut host, "MemorySwap", r.memory_swap);
+    // Whole nano-CPUs: 0.5 CPU is 500,000,000.
+    insert_some(&mut host, "NanoCpus", r.cpus.map(|c| (c * 1e9).round() as i64));
+    insert_some(&mut host, "PidsLimit", r.pids_limit);
+    insert_some(&mut host, "ShmSize", r.shm_size);
+    insert_some(&mut host, "Privileged", sec.privileged);
+    insert_list(&mut host, "CapAdd", &sec.cap_add);
+    insert_list(&mut host, "CapDrop", &sec.cap_drop);
+    insert_list(&mut host, "SecurityOpt", &sec.security_opt);
+    if !sec.devices.is_empty() {
+        host.insert("Devices".into(), Value::Array(sec.devices.iter().map(|d| device(d)).collect()));
+    }
+    insert_some(&mut host, "ReadonlyRootfs", sec.read_only_rootfs);
+    insert_some(&mut host, "Init", p.init);
+    insert_list(&mut host, "ExtraHosts", &p.extra_hosts);
+    insert_list(&mut host, "Dns", &p.dns);
+    host.insert("RestartPolicy".into(), json!({ "Name": "unless-stopped" }));
+    host
+}
+
+fn insert_some(map: &mut Map<String, Value>, key: &str, value: Option<impl serde::Serialize>) {
+    if let Some(value) = value {
+        map.insert(key.into(), json!(value));
+    }
+}
+
+fn insert_list(map: &mut Map<String, Value>, key: &str, items: &[String]) {
+    if !items.is_empty() {
+        map.insert(key.into(), json!(items));
+    }
+}
+
+/// One entry of `HostConfig.Mounts`.
+fn mount(m: &Mount) -> Value {
+    let mut out = Map::new();
+    out.insert("Target".into(), json!(m.target));
+    insert_some(&mut out, "Source", m.source.as_ref());
+    let kind = match m.kind {
+        MountKind::Bind => "bind",
+        MountKind::Volume => "volume",
+        MountKind::Tmpfs => "tmpfs",
+    };
+    out.insert("Type".into(), json!(kind));
+    if m.read_only {
+        out.insert("ReadOnly".into(), json!(true));
+    }
+    if let Some(size) = m.tmpfs_size {
+        out.insert("TmpfsOptions".into(), json!({ "SizeBytes": size }));
+    }
+    Value::Object(out)
+}
+
+/// `host[:container[:permissions]]`, as `docker run --device` splits it.
+fn device(text: &str) -> Value {
+    let mut parts = text.splitn(3, ':');
+    let host = parts.next().unwrap_or_default();
+    let container = parts.next().filter(|p| !p.is_empty()).unwrap_or(host);
+    let permissions = parts.next().filter(|p| !p.is_empty()).unwrap_or("rwm");
+    json!({ "PathOnHost": host, "PathInContainer": container, "CgroupPermissions": permissions })
+}
+
+/// The lines of a `GET /containers/{name}/logs` body, at most the last `lines`. Without a
+/// TTY the daemon multiplexes stdout and stderr into frames of an 8-byte header (stream
+/// type, three zero bytes, a big-endian length) and a payload; a TTY's output (or a
+/// daemon that does not frame) is the raw text.
+pub fn log_lines(body: &[u8], lines: u32) -> Vec<String> {
+    let text = demultiplex(body).unwrap_or_else(|| body.to_vec());
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<String> = text.lines().map(str::to_string).collect();
+    let keep = usize::try_from(lines).unwrap_or(usize::MAX).min(all.len());
+    all[all.len() - keep..].to_vec()
+}
+
+/// The payloads of a framed body in order, or `None` when it is not framed.
+fn demultiplex(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(body.len());
+    while !body.is_empty() {
+        let header = body.get(..8)?;
+        if header[0] > 2 || header[1..4] != [0, 0, 0] {
+            return None;
+        }
+        let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        let payload = body.get(8..8usize.checked_add(len)?)?;
+        out.extend_from_slice(payload);
+        body = &body[8 + len..];
+    }
+    Some(out)
 }
 
 /// `GET /images/{name}/json`, the part used.
@@ -393,51 +493,115 @@ mod tests {
         assert_eq!(parse_load_output(b""), LoadOutcome::Nothing);
     }
 
-    fn spec(drpcli: Option<&str>, env: &[(&str, &str)]) -> AgentSpec {
-        AgentSpec {
-            name: "drp-ctx-1234".into(),
-            image: "foo:1".into(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            labels: vec![("drp.machine".into(), "1234".into()), ("drp.image".into(), "foo:1".into())],
-            network: "host".into(),
-            drpcli: drpcli.map(str::to_string),
-        }
+    fn spec() -> AgentSpec {
+        let mut spec = AgentSpec::new("drp-ctx-1234", "foo:1", "host");
+        spec.env = vec![("RS_UUID".into(), "1234".into()), ("PATH".into(), "/bin".into())];
+        spec.labels = vec![("drp.machine".into(), "1234".into()), ("drp.spec".into(), "abc".into())];
+        spec
     }
 
     #[test]
-    fn create_body_injects_drpcli_like_the_native_engine() {
-        let body = create_body(&spec(Some("/srv/drpcli"), &[("RS_UUID", "1234")]), "localhost/foo:1");
+    fn create_body_of_a_bare_spec_keeps_the_image_entrypoint_and_adds_nothing() {
         assert_eq!(
-            body,
+            create_body(&spec(), "localhost/foo:1"),
             json!({
                 "Image": "localhost/foo:1",
-                "Env": ["RS_UUID=1234", format!("PATH={DEFAULT_PATH}")],
-                "Labels": {"drp.machine": "1234", "drp.image": "foo:1"},
+                "Env": ["RS_UUID=1234", "PATH=/bin"],
+                "Labels": {"drp.machine": "1234", "drp.spec": "abc"},
+                "HostConfig": {"NetworkMode": "host", "RestartPolicy": {"Name": "unless-stopped"}}
+            })
+        );
+    }
+
+    #[test]
+    fn create_body_translates_every_field_like_the_native_engines() {
+        let mut s = spec();
+        s.entrypoint = Some(vec!["/usr/bin/drpcli".into(), "machines".into(), "processjobs".into()]);
+        s.mounts = vec![
+            Mount {
+                kind: MountKind::Bind,
+                source: Some("/srv/drpcli".into()),
+                target: "/usr/bin/drpcli".into(),
+                read_only: true,
+                tmpfs_size: None,
+            },
+            Mount { kind: MountKind::Volume, source: Some("cache".into()), target: "/cache".into(), read_only: false, tmpfs_size: None },
+            Mount { kind: MountKind::Tmpfs, source: None, target: "/scratch".into(), read_only: false, tmpfs_size: Some(1 << 20) },
+        ];
+        s.resources.memory = Some(64 << 20);
+        s.resources.memory_swap = Some(-1);
+        s.resources.cpus = Some(0.5);
+        s.resources.pids_limit = Some(100);
+        s.resources.shm_size = Some(1 << 20);
+        s.security.user = Some("1000:1000".into());
+        s.security.cap_add = vec!["NET_ADMIN".into()];
+        s.security.cap_drop = vec!["ALL".into()];
+        s.security.security_opt = vec!["no-new-privileges".into()];
+        s.security.devices = vec!["/dev/fuse".into(), "/dev/sda:/dev/xvda:r".into()];
+        s.security.privileged = Some(false);
+        s.security.read_only_rootfs = Some(true);
+        s.process.workdir = Some("/work".into());
+        s.process.init = Some(true);
+        s.process.stop_timeout_secs = Some(30);
+        s.process.extra_hosts = vec!["drp:127.0.0.1".into()];
+        s.process.dns = vec!["127.0.0.53".into()];
+        assert_eq!(
+            create_body(&s, "foo:1"),
+            json!({
+                "Image": "foo:1",
+                "Env": ["RS_UUID=1234", "PATH=/bin"],
+                "Labels": {"drp.machine": "1234", "drp.spec": "abc"},
                 "Entrypoint": ["/usr/bin/drpcli", "machines", "processjobs"],
                 "Cmd": [],
+                "User": "1000:1000",
+                "WorkingDir": "/work",
+                "StopTimeout": 30,
                 "HostConfig": {
                     "NetworkMode": "host",
-                    "Binds": ["/srv/drpcli:/usr/bin/drpcli:ro"],
+                    "Mounts": [
+                        {"Target": "/usr/bin/drpcli", "Source": "/srv/drpcli", "Type": "bind", "ReadOnly": true},
+                        {"Target": "/cache", "Source": "cache", "Type": "volume"},
+                        {"Target": "/scratch", "Type": "tmpfs", "TmpfsOptions": {"SizeBytes": 1048576}}
+                    ],
+                    "Memory": 67108864,
+                    "MemorySwap": -1,
+                    "NanoCpus": 500000000,
+                    "PidsLimit": 100,
+                    "ShmSize": 1048576,
+                    "Privileged": false,
+                    "CapAdd": ["NET_ADMIN"],
+                    "CapDrop": ["ALL"],
+                    "SecurityOpt": ["no-new-privileges"],
+                    "Devices": [
+                        {"PathOnHost": "/dev/fuse", "PathInContainer": "/dev/fuse", "CgroupPermissions": "rwm"},
+                        {"PathOnHost": "/dev/sda", "PathInContainer": "/dev/xvda", "CgroupPermissions": "r"}
+                    ],
+                    "ReadonlyRootfs": true,
+                    "Init": true,
+                    "ExtraHosts": ["drp:127.0.0.1"],
+                    "Dns": ["127.0.0.53"],
                     "RestartPolicy": {"Name": "unless-stopped"}
                 }
             })
         );
-        let own_path = create_body(&spec(Some("/srv/drpcli"), &[("PATH", "/x")]), "foo:1");
-        assert_eq!(own_path["Env"], json!(["PATH=/x"]));
     }
 
     #[test]
-    fn create_body_without_drpcli_keeps_the_image_entrypoint() {
-        let body = create_body(&spec(None, &[("RS_UUID", "1234")]), "foo:1");
-        assert_eq!(
-            body,
-            json!({
-                "Image": "foo:1",
-                "Env": ["RS_UUID=1234"],
-                "Labels": {"drp.machine": "1234", "drp.image": "foo:1"},
-                "HostConfig": {"NetworkMode": "host", "RestartPolicy": {"Name": "unless-stopped"}}
-            })
-        );
+    fn logs_are_demultiplexed_and_tailed() {
+        let frame = |stream: u8, text: &str| {
+            let mut f = vec![stream, 0, 0, 0];
+            f.extend_from_slice(&(text.len() as u32).to_be_bytes());
+            f.extend_from_slice(text.as_bytes());
+            f
+        };
+        let body = [frame(1, "one\ntw"), frame(2, "o\nthree\n"), frame(1, "four\n")].concat();
+        assert_eq!(log_lines(&body, 10), ["one", "two", "three", "four"]);
+        assert_eq!(log_lines(&body, 2), ["three", "four"]);
+        assert_eq!(log_lines(&body, 0), Vec::<String>::new());
+        // A TTY's output is not framed.
+        assert_eq!(log_lines(b"plain\nlines\n", 5), ["plain", "lines"]);
+        assert!(log_lines(b"", 5).is_empty());
+        assert_eq!(container_logs_path("drp-c-1", 50), "/containers/drp-c-1/logs?stdout=1&stderr=1&tail=50");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use context_engines_sdk::http::{HttpError, Method, Request, Response};
 use context_engines_sdk::{
-    self as sdk, AgentInfo, AgentSpec, Archive, Engine, EngineError, EngineInfo, IMAGE_LABEL, PLUGIN_LABEL, Result, Settings,
+    self as sdk, AgentInfo, AgentSpec, Archive, Engine, EngineError, EngineInfo, PLUGIN_LABEL, Result, SPEC_LABEL, Settings, feature,
 };
 
 use api::{Config, LoadOutcome};
@@ -159,7 +159,11 @@ impl DockerApi {
 
 impl Engine for DockerApi {
     fn describe() -> EngineInfo {
-        EngineInfo::new(NAME, env!("CARGO_PKG_VERSION")).feature("docker-engine-api").feature("podman-compat").feature("streamed-load")
+        let info = EngineInfo::new(NAME, env!("CARGO_PKG_VERSION"));
+        // It applies the whole spec, as the native engines do.
+        let applied = [feature::MOUNTS, feature::RESOURCES, feature::SECURITY, feature::PROCESS, feature::LOGS];
+        let info = applied.into_iter().fold(info, EngineInfo::feature);
+        info.feature("docker-engine-api").feature("podman-compat").feature("streamed-load")
     }
 
     fn configure(settings: &Settings) -> Result<Self> {
@@ -245,11 +249,11 @@ impl Engine for DockerApi {
                     ),
                 }));
             }
-            if existing.running && existing.label(IMAGE_LABEL) == Some(spec.image.as_str()) {
+            if existing.running && existing.label(SPEC_LABEL) == spec.label(SPEC_LABEL) {
                 return Ok(existing);
             }
-            // Stopped, or from another image: replace, so exactly one agent remains.
-            sdk::debug!("replacing agent {} ({})", spec.name, if existing.running { "other image" } else { "not running" });
+            // Stopped, or another spec: replace, so exactly one agent remains.
+            sdk::debug!("replacing agent {} ({})", spec.name, if existing.running { "another spec" } else { "not running" });
             self.remove_container(&existing.id)?;
         }
         self.create_and_start(spec, &image)
@@ -273,6 +277,16 @@ impl Engine for DockerApi {
         }
         let found: Vec<api::ContainerSummary> = self.parse(&Method::Get, &path, &response)?;
         Ok(found.into_iter().map(api::ContainerSummary::into_agent).collect())
+    }
+
+    fn agent_logs(&mut self, name: &str, lines: u32) -> Result<Vec<String>> {
+        let path = api::container_logs_path(name, lines);
+        let response = self.call(Method::Get, &path, Payload::None)?;
+        match response.status() {
+            200..=299 => Ok(api::log_lines(response.body(), lines)),
+            404 => Err(EngineError::Rejected(format!("{}: no agent named {name}", self.context(&Method::Get, &path)))),
+            _ => Err(self.status_error(&Method::Get, &path, &response)),
+        }
     }
 }
 

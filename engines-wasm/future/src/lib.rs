@@ -1,10 +1,11 @@
-//! Test engine `future`: a component for `context-engines:engine@0.2.0`, a version this
-//! host does not speak (0.x: another minor is another major). Loading it must fail with
-//! an error that says so, in `engines check` and in the engines directory alike.
+//! Test engine `future`: a component for `context-engines:engine@0.3.0`, a version this
+//! host does not speak (it speaks 0.1.0 and 0.2.0; 0.x: another minor is another major).
+//! Loading it must fail with an error that says so and names what it exports, in
+//! `engines check` and in the engines directory alike.
 
 wit_bindgen::generate!({
     inline: r#"
-        package context-engines:engine@0.2.0;
+        package context-engines:engine@0.3.0;
 
         interface lifecycle {
             describe: func() -> string;

@@ -11,6 +11,7 @@ struct Null;
 
 impl Engine for Null {
     fn describe() -> EngineInfo {
+        // No features: a spec with options is refused by the host before it gets here.
         EngineInfo::new("null", env!("CARGO_PKG_VERSION"))
     }
 

@@ -4,7 +4,13 @@
 //! component needs, so that an engine is one type implementing one trait.
 //!
 //! * [`Engine`]: the trait an engine implements, one method per function of the WIT
-//!   interface `context-engines:engine/lifecycle@0.1.0`, with plain Rust types.
+//!   interface `context-engines:engine/lifecycle@0.2.0`, with plain Rust types.
+//! * [`AgentSpec`]: the agent to run, computed whole by the host. An engine translates
+//!   every field into its runtime's request, or refuses the start with
+//!   [`EngineError::Rejected`] naming what it cannot apply; it adds nothing of its own.
+//! * [`feature`]: the words an engine declares in [`EngineInfo::features`] to say which
+//!   optional parts of the spec it applies; the host refuses, by itself, a start needing
+//!   one the engine does not declare.
 //! * [`export_engine!`]: makes a type implementing [`Engine`] the component's export.
 //!   The SDK keeps one value of that type per component instance: [`Engine::configure`]
 //!   builds it, every later call borrows it mutably.
@@ -69,6 +75,25 @@ pub mod time;
 
 pub use archive::Archive;
 pub use settings::Settings;
+
+/// The records of [`AgentSpec`]'s optional parts, as the WIT defines them (every field
+/// documented in `wit/engine.wit`).
+pub use bindings::context_engines::engine::types::{Mount, MountKind, Process, Resources, Security};
+
+/// The words of [`EngineInfo::features`] the host reads. Declare exactly those the
+/// engine applies in full.
+pub mod feature {
+    /// Every [`crate::Mount`] (binds beyond the drpcli one, volumes, tmpfs).
+    pub const MOUNTS: &str = "mounts";
+    /// Every field of [`crate::Resources`].
+    pub const RESOURCES: &str = "resources";
+    /// Every field of [`crate::Security`].
+    pub const SECURITY: &str = "security";
+    /// Every field of [`crate::Process`].
+    pub const PROCESS: &str = "process";
+    /// [`crate::Engine::agent_logs`] works.
+    pub const LOGS: &str = "logs";
+}
 
 /// The bindings `wit-bindgen` generates from `wit/` (world `engine`, with the WASI
 /// interfaces it reaches: `wasi:http@0.2.12`, `wasi:io@0.2.12`,
@@ -171,7 +196,8 @@ pub struct EngineInfo {
     pub name: String,
     /// The engine's version, free-form (semver recommended).
     pub version: String,
-    /// Optional capabilities, free-form words (e.g. `gzip`, `oci-archive`).
+    /// What the engine applies beyond the fields every engine applies: the words of
+    /// [`feature`], which the host reads, and free-form words it only shows.
     pub features: Vec<String>,
 }
 
@@ -190,44 +216,76 @@ impl EngineInfo {
 }
 
 /// One agent to run (WIT `agent-spec`): a long-lived process running
-/// `drpcli machines processjobs` for one machine.
+/// `drpcli machines processjobs` for one machine. Computed whole by the host: apply every
+/// field, or refuse the start with [`EngineError::Rejected`] naming what cannot be
+/// applied; add nothing of your own (no default env, mounts or entrypoint).
 ///
 /// Its `Debug` output hides the environment's values: `RS_TOKEN` is a machine token.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct AgentSpec {
     /// Unique name, `drp-<context>-<machine-uuid>`; use it as the runtime's name so the
     /// agent can be found again by it.
     pub name: String,
     /// Image reference, exactly as the Context names it.
     pub image: String,
-    /// Environment: `RS_UUID`, `RS_TOKEN` (keep it out of logs), `RS_CONTEXT`,
-    /// `RS_ENDPOINTS`, and `PATH` when the host wants it set.
+    /// `None`: the image's own entrypoint and command. `Some`: this entrypoint, and the
+    /// image's command dropped.
+    pub entrypoint: Option<Vec<String>>,
+    /// The whole environment: `RS_UUID`, `RS_TOKEN` (keep it out of logs), `RS_CONTEXT`,
+    /// `RS_ENDPOINTS`, `PATH` when drpcli is injected, and the operator's own.
     pub env: Vec<(String, String)>,
     /// Labels to attach and return from [`Engine::agent_list`]: `drp.machine`,
-    /// `drp.context`, `drp.plugin`, `drp.engine`, `drp.image`. The host finds agents by
-    /// them.
+    /// `drp.context`, `drp.plugin`, `drp.engine`, `drp.image`, [`SPEC_LABEL`], and the
+    /// operator's own. The host finds agents by them.
     pub labels: Vec<(String, String)>,
     /// Network mode, e.g. `host`.
     pub network: String,
-    /// When present: a host path to bind-mount read-only at [`DRPCLI_IN_AGENT`], which
-    /// then becomes the entrypoint ([`DRPCLI_ENTRYPOINT`]) with [`DEFAULT_PATH`] as `PATH`
-    /// unless `env` sets one. When absent: run the image's own entrypoint.
-    pub drpcli: Option<String>,
+    /// Every mount, in order (the drpcli bind at `/usr/bin/drpcli` among them when the
+    /// host injects drpcli).
+    pub mounts: Vec<Mount>,
+    /// Resource limits (feature [`feature::RESOURCES`]).
+    pub resources: Resources,
+    /// User and privileges (feature [`feature::SECURITY`]).
+    pub security: Security,
+    /// How the process runs (feature [`feature::PROCESS`]).
+    pub process: Process,
 }
 
-/// Where an injected drpcli is mounted inside the agent.
-pub const DRPCLI_IN_AGENT: &str = "/usr/bin/drpcli";
-/// The entrypoint of an agent whose drpcli is injected.
-pub const DRPCLI_ENTRYPOINT: [&str; 3] = [DRPCLI_IN_AGENT, "machines", "processjobs"];
-/// `PATH` of an agent whose drpcli is injected, unless its spec sets one.
-pub const DEFAULT_PATH: &str = "/bin:/usr/bin:/usr/local/bin:/sbin:/usr/sbin:/usr/local/sbin";
 /// The label carrying the image an agent was started from.
 pub const IMAGE_LABEL: &str = "drp.image";
 /// The label naming the plugin instance an agent belongs to; an engine never removes a
 /// container whose value differs from its spec's.
 pub const PLUGIN_LABEL: &str = "drp.plugin";
+/// The label carrying a digest of the spec: a running agent with the spec's value is
+/// kept, anything else of that name replaced.
+pub const SPEC_LABEL: &str = "drp.spec";
 
 impl AgentSpec {
+    /// A spec with no entrypoint, env, labels, mounts or options: the start of one built
+    /// field by field (tests, mostly).
+    pub fn new(name: impl Into<String>, image: impl Into<String>, network: impl Into<String>) -> AgentSpec {
+        AgentSpec {
+            name: name.into(),
+            image: image.into(),
+            entrypoint: None,
+            env: Vec::new(),
+            labels: Vec::new(),
+            network: network.into(),
+            mounts: Vec::new(),
+            resources: Resources { memory: None, memory_swap: None, cpus: None, pids_limit: None, shm_size: None },
+            security: Security {
+                user: None,
+                cap_add: Vec::new(),
+                cap_drop: Vec::new(),
+                security_opt: Vec::new(),
+                devices: Vec::new(),
+                privileged: None,
+                read_only_rootfs: None,
+            },
+            process: Process { workdir: None, init: None, stop_timeout_secs: None, extra_hosts: Vec::new(), dns: Vec::new() },
+        }
+    }
+
     /// The value of label `key`, if the spec has it.
     pub fn label(&self, key: &str) -> Option<&str> {
         lookup(&self.labels, key)
@@ -245,10 +303,14 @@ impl fmt::Debug for AgentSpec {
         f.debug_struct("AgentSpec")
             .field("name", &self.name)
             .field("image", &self.image)
+            .field("entrypoint", &self.entrypoint)
             .field("env", &env)
             .field("labels", &self.labels)
             .field("network", &self.network)
-            .field("drpcli", &self.drpcli)
+            .field("mounts", &self.mounts)
+            .field("resources", &self.resources)
+            .field("security", &self.security)
+            .field("process", &self.process)
             .finish()
     }
 }
@@ -317,10 +379,12 @@ pub trait Engine: Sized + 'static {
     /// Removes the image: `true` when one was removed, `false` when it was absent.
     fn image_remove(&mut self, image: &str) -> Result<bool>;
 
-    /// Starts the agent. An agent of that name that already runs from the same image
-    /// (label [`IMAGE_LABEL`]) is left as it is and returned; one that is stopped or from
-    /// another image is replaced. One whose [`PLUGIN_LABEL`] differs from the spec's is
-    /// not ours: fail with [`EngineError::Rejected`] and leave it alone.
+    /// Starts the agent. The keep rule: an agent of that name that runs and carries the
+    /// spec's [`SPEC_LABEL`] value is left as it is and returned; anything else of that
+    /// name (stopped, or another spec) is replaced. One whose [`PLUGIN_LABEL`] differs
+    /// from the spec's is not ours: fail with [`EngineError::Rejected`] and leave it
+    /// alone. Check the image before removing anything, so a failed start leaves a
+    /// running agent untouched.
     fn agent_start(&mut self, spec: AgentSpec) -> Result<AgentInfo>;
 
     /// Stops and removes the agent: `true` when one existed, `false` when none did.
@@ -328,6 +392,13 @@ pub trait Engine: Sized + 'static {
 
     /// Every agent carrying all of `labels` (name, value), running or not.
     fn agent_list(&mut self, labels: &[(String, String)]) -> Result<Vec<AgentInfo>>;
+
+    /// The last `lines` lines of the agent's output (stdout and stderr as the runtime
+    /// interleaves them, oldest first, without line ends). The host asks only an engine
+    /// declaring [`feature::LOGS`]; the default refuses.
+    fn agent_logs(&mut self, name: &str, _lines: u32) -> Result<Vec<String>> {
+        Err(EngineError::Rejected(format!("engine {} cannot show agent logs (asked for {name})", Self::describe().name)))
+    }
 }
 
 /// Makes a type implementing [`Engine`] the export of this component.
@@ -454,10 +525,14 @@ pub mod __private {
             let spec = AgentSpec {
                 name: spec.name,
                 image: spec.image,
+                entrypoint: spec.entrypoint,
                 env: from_wit_pairs(spec.env),
                 labels: from_wit_pairs(spec.labels),
                 network: spec.network,
-                drpcli: spec.drpcli,
+                mounts: spec.mounts,
+                resources: spec.resources,
+                security: spec.security,
+                process: spec.process,
             };
             with_engine::<T::Engine, _>(|e| e.agent_start(spec)).map(to_wit_agent)
         }
@@ -469,6 +544,10 @@ pub mod __private {
         fn agent_list(labels: Vec<wit::KeyValue>) -> Result<Vec<wit::AgentInfo>, wit::EngineError> {
             let labels = from_wit_pairs(labels);
             with_engine::<T::Engine, _>(|e| e.agent_list(&labels)).map(|agents| agents.into_iter().map(to_wit_agent).collect())
+        }
+
+        fn agent_logs(name: String, lines: u32) -> Result<Vec<String>, wit::EngineError> {
+            with_engine::<T::Engine, _>(|e| e.agent_logs(&name, lines))
         }
     }
 }

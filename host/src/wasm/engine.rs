@@ -3,7 +3,6 @@
 //! the deadline and memory cap, and returns the instance to the pool only if the call
 //! ended normally: a trap, a deadline or the memory cap discards it.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -19,10 +18,11 @@ use wasmtime::{Store, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::p2::pipe::AsyncReadStream;
 use wasmtime_wasi::p2::{DynInputStream, InputStream};
 
-use super::bindings::{self, EnginePre};
+use super::bindings::{self, Bindings, Contract, Described, EnginePre, v01, v02, wasm_call};
 use super::runtime::{Limits, Loaded, WasmRuntime};
 use super::state::{Budget, GuestState, Progress};
 use crate::engine::{AgentInfo, AgentSpec, ArchiveStream, Engine, EngineError, EngineInfo};
+use crate::options::{AgentOptions, MountType, feature};
 
 /// Idle instances kept per engine; more are created under load and dropped after.
 const POOL_SIZE: usize = 8;
@@ -44,7 +44,7 @@ struct Settings {
 
 struct Instance {
     store: Store<GuestState>,
-    bindings: bindings::Engine,
+    bindings: Bindings,
     generation: u64,
 }
 
@@ -55,6 +55,8 @@ pub struct WasmEngine {
     pub sha256: String,
     settings: Mutex<Settings>,
     pool: Mutex<Vec<Instance>>,
+    /// `describe`'s answer: a component's features never change, so it is asked once.
+    described: Mutex<Option<Described>>,
 }
 
 type CallFuture<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result<Result<R, bindings::EngineError>>> + Send + 'a>>;
@@ -74,7 +76,13 @@ impl WasmEngine {
                 generation: 0,
             }),
             pool: Mutex::new(Vec::new()),
+            described: Mutex::new(None),
         }
+    }
+
+    /// The contract version the component implements.
+    pub fn contract(&self) -> Contract {
+        self.pre.contract()
     }
 
     /// New settings or limits: idle instances configured with the old ones are dropped.
@@ -128,7 +136,7 @@ impl WasmEngine {
         store.set_epoch_deadline(1);
         let instantiate = async {
             let bindings = self.pre.instantiate_async(&mut store).await?;
-            let configured = bindings.context_engines_engine_lifecycle().call_configure(&mut store, &json).await?;
+            let configured = bindings.configure(&mut store, &json).await?;
             Ok::<_, wasmtime::Error>((bindings, configured))
         };
         let (bindings, configured) = tokio::time::timeout(limits.deadline + HOST_GRACE, instantiate)
@@ -147,7 +155,7 @@ impl WasmEngine {
         &self,
         what: &str,
         streaming: Option<Budget>,
-        f: impl for<'a> FnOnce(&'a bindings::Engine, &'a mut Store<GuestState>) -> CallFuture<'a, R>,
+        f: impl for<'a> FnOnce(&'a Bindings, &'a mut Store<GuestState>) -> CallFuture<'a, R>,
     ) -> Result<R, EngineError> {
         let limits = self.limits();
         let mut instance = self.instance().await?;
@@ -212,10 +220,10 @@ impl WasmEngine {
         }
     }
 
-    /// `spec` in the contract's terms. engine@0.1.0 knows env, labels, network and the
-    /// drpcli injection only: a spec with any other option is refused, naming them,
-    /// rather than run without them.
-    fn contract_spec(&self, spec: &AgentSpec) -> Result<bindings::AgentSpec, EngineError> {
+    /// `spec` in engine@0.1.0's terms, which know env, labels, network and the drpcli
+    /// injection only: a spec with any other option is refused, naming them, rather than
+    /// run without them.
+    fn spec_v01(&self, spec: &AgentSpec) -> Result<v01::AgentSpec, EngineError> {
         let mut rest = spec.options.clone();
         let env = std::mem::take(&mut rest.env);
         let labels = std::mem::take(&mut rest.labels);
@@ -227,32 +235,74 @@ impl WasmEngine {
             .map(|at| rest.mounts.remove(at))
             .and_then(|m| m.source);
         if !rest.is_empty() || (spec.entrypoint.is_some() && drpcli.is_none()) {
-            return Err(EngineError::Rejected {
-                engine: self.name.clone(),
-                cause: format!(
-                    "this engine implements context-engines:engine@0.1.0, which cannot express the agent options {}; \
-                     use an engine built against engine@0.2.0, or drop those options",
-                    rest.keys().join(", ")
-                ),
-            });
+            let mut options = rest.keys();
+            if spec.entrypoint.is_some() && drpcli.is_none() {
+                options.push("entrypoint".to_string());
+            }
+            return Err(self.refusal(&format!("cannot express the agent options {}", options.join(", "))));
         }
-        Ok(bindings::AgentSpec {
+        Ok(v01::AgentSpec {
             name: spec.name.clone(),
             image: spec.image.clone(),
-            env: key_values(&env),
-            labels: key_values(&labels),
+            env: v01::KeyValue::map(&env),
+            labels: v01::KeyValue::map(&labels),
             network: spec.network.clone(),
             drpcli,
         })
     }
 
-    /// `describe`, run like any other call.
-    pub async fn describe(&self) -> Result<bindings::EngineInfo, EngineError> {
-        self.call("describe", None, |e, store| {
-            Box::pin(async move { e.context_engines_engine_lifecycle().call_describe(store).await.map(Ok) })
-        })
-        .await
+    /// A start (or call) the engine's contract or declared features cannot serve.
+    fn refusal(&self, what: &str) -> EngineError {
+        EngineError::Rejected {
+            engine: self.name.clone(),
+            cause: format!(
+                "engine '{}' implements {} and {what}; use an engine that can, or drop those options",
+                self.name,
+                self.contract().package()
+            ),
+        }
     }
+
+    /// Refuses a spec needing features the engine does not declare, naming them and the
+    /// options that need them.
+    async fn check_features(&self, options: &AgentOptions) -> Result<(), EngineError> {
+        let declared = self.described().await?.features;
+        let missing: Vec<&str> = options.features_needed().into_iter().filter(|f| !declared.iter().any(|d| d == f)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let needs: Vec<String> = missing.iter().map(|f| format!("{f} (for {})", options_needing(options, f).join(", "))).collect();
+        let declares = if declared.is_empty() { "none".to_string() } else { declared.join(", ") };
+        Err(self
+            .refusal(&format!("does not declare the features {} that the agent options need (it declares: {declares})", needs.join("; "))))
+    }
+
+    /// `describe`, asked once and remembered.
+    pub async fn described(&self) -> Result<Described, EngineError> {
+        if let Some(known) = self.described.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(known);
+        }
+        let described = self.describe().await?;
+        *self.described.lock().unwrap_or_else(|p| p.into_inner()) = Some(described.clone());
+        Ok(described)
+    }
+
+    /// `describe`, run like any other call.
+    pub async fn describe(&self) -> Result<Described, EngineError> {
+        self.call("describe", None, |e, store| Box::pin(async move { e.describe(store).await.map(Ok) })).await
+    }
+}
+
+/// The option keys of `options` that need `feature`: each key alone, asked what it needs.
+fn options_needing(options: &AgentOptions, feature: &str) -> Vec<String> {
+    let Ok(Value::Object(all)) = serde_json::to_value(options) else { return Vec::new() };
+    all.into_iter()
+        .filter(|(key, value)| {
+            let alone = Value::Object(Map::from_iter([(key.clone(), value.clone())]));
+            AgentOptions::from_value(&alone).is_ok_and(|o| o.features_needed().contains(feature))
+        })
+        .map(|(key, _)| key)
+        .collect()
 }
 
 /// Resolves once `budget` has run out; it is looked at every [`WATCH_EVERY`].
@@ -279,16 +329,54 @@ fn allowed_hosts(settings: &Map<String, Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn key_values(map: &BTreeMap<String, String>) -> Vec<bindings::KeyValue> {
-    map.iter().map(|(key, value)| bindings::KeyValue { key: key.clone(), value: value.clone() }).collect()
-}
-
-fn agent_info(info: bindings::AgentInfo) -> AgentInfo {
-    AgentInfo {
-        name: info.name,
-        id: info.id,
-        running: info.running,
-        labels: info.labels.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+/// `spec` in engine@0.2.0's terms: all of it.
+fn spec_v02(spec: &AgentSpec) -> v02::AgentSpec {
+    let o = &spec.options;
+    v02::AgentSpec {
+        name: spec.name.clone(),
+        image: spec.image.clone(),
+        entrypoint: spec.entrypoint.clone(),
+        env: v02::KeyValue::map(&o.env),
+        labels: v02::KeyValue::map(&o.labels),
+        network: spec.network.clone(),
+        mounts: o
+            .mounts
+            .iter()
+            .map(|m| v02::Mount {
+                kind: match m.kind {
+                    MountType::Bind => v02::MountKind::Bind,
+                    MountType::Volume => v02::MountKind::Volume,
+                    MountType::Tmpfs => v02::MountKind::Tmpfs,
+                },
+                source: m.source.clone(),
+                target: m.target.clone(),
+                read_only: m.read_only,
+                tmpfs_size: m.tmpfs_size.map(|s| s.0),
+            })
+            .collect(),
+        resources: v02::Resources {
+            memory: o.memory.map(|m| m.0),
+            memory_swap: o.memory_swap.map(|m| m.bytes()),
+            cpus: o.cpus,
+            pids_limit: o.pids_limit,
+            shm_size: o.shm_size.map(|s| s.0),
+        },
+        security: v02::Security {
+            user: o.user.clone(),
+            cap_add: o.cap_add.clone(),
+            cap_drop: o.cap_drop.clone(),
+            security_opt: o.security_opt.clone(),
+            devices: o.devices.clone(),
+            privileged: o.privileged,
+            read_only_rootfs: o.read_only_rootfs,
+        },
+        process: v02::Process {
+            workdir: o.workdir.clone(),
+            init: o.init,
+            stop_timeout_secs: o.stop_timeout_secs,
+            extra_hosts: o.extra_hosts.clone(),
+            dns: o.dns.clone(),
+        },
     }
 }
 
@@ -303,21 +391,18 @@ impl Engine for WasmEngine {
     }
 
     async fn info(&self) -> Result<EngineInfo, EngineError> {
-        let described = self.describe().await?;
+        let described = self.described().await?;
         let features = if described.features.is_empty() { String::new() } else { format!(" [{}]", described.features.join(", ")) };
         Ok(EngineInfo {
             name: self.name.clone(),
             kind: "wasm",
-            version: format!("{} {}{features} (sha256 {})", described.name, described.version, &self.sha256[..12]),
+            version: format!("{} {}{features} ({}, sha256 {})", described.name, described.version, self.contract(), &self.sha256[..12]),
         })
     }
 
     async fn image_id(&self, image: &str) -> Result<Option<String>, EngineError> {
         let image = image.to_string();
-        self.call("image-id", None, move |e, store| {
-            Box::pin(async move { e.context_engines_engine_lifecycle().call_image_id(store, &image).await })
-        })
-        .await
+        self.call("image-id", None, move |e, store| Box::pin(async move { wasm_call!(e, store, |v| call_image_id(&image)) })).await
     }
 
     async fn image_load(&self, image: &str, archive: ArchiveStream) -> Result<(), EngineError> {
@@ -340,7 +425,7 @@ impl Engine for WasmEngine {
                 // The engine reads the archive as a wasi:io input-stream the host feeds.
                 let stream: DynInputStream = Box::new(AsyncReadStream::new(StreamReader::new(counted))) as Box<dyn InputStream>;
                 let resource: Resource<DynInputStream> = store.data_mut().table().push(stream)?;
-                e.context_engines_engine_lifecycle().call_image_load(store, &image, resource).await
+                wasm_call!(e, store, |v| call_image_load(&image, resource))
             })
         })
         .await
@@ -348,44 +433,74 @@ impl Engine for WasmEngine {
 
     async fn image_tag(&self, source: &str, target: &str) -> Result<(), EngineError> {
         let (source, target) = (source.to_string(), target.to_string());
-        self.call("image-tag", None, move |e, store| {
-            Box::pin(async move { e.context_engines_engine_lifecycle().call_image_tag(store, &source, &target).await })
-        })
-        .await
+        self.call("image-tag", None, move |e, store| Box::pin(async move { wasm_call!(e, store, |v| call_image_tag(&source, &target)) }))
+            .await
     }
 
     async fn image_remove(&self, image: &str) -> Result<bool, EngineError> {
         let image = image.to_string();
-        self.call("image-remove", None, move |e, store| {
-            Box::pin(async move { e.context_engines_engine_lifecycle().call_image_remove(store, &image).await })
-        })
-        .await
+        self.call("image-remove", None, move |e, store| Box::pin(async move { wasm_call!(e, store, |v| call_image_remove(&image)) })).await
     }
 
     async fn agent_start(&self, spec: &AgentSpec) -> Result<AgentInfo, EngineError> {
-        let spec = self.contract_spec(spec)?;
+        // Each contract gets the spec in its own terms, or a refusal before any call.
+        let (old, new) = match self.contract() {
+            Contract::V0_1 => (Some(self.spec_v01(spec)?), None),
+            Contract::V0_2 => {
+                self.check_features(&spec.options).await?;
+                (None, Some(spec_v02(spec)))
+            }
+        };
         self.call("agent-start", None, move |e, store| {
-            Box::pin(async move { e.context_engines_engine_lifecycle().call_agent_start(store, &spec).await })
+            Box::pin(async move {
+                match (e, old, new) {
+                    (Bindings::V0_1(e), Some(spec), _) => e
+                        .context_engines_engine_lifecycle()
+                        .call_agent_start(store, &spec)
+                        .await
+                        .map(|r| r.map(Into::into).map_err(Into::into)),
+                    (Bindings::V0_2(e), _, Some(spec)) => {
+                        e.context_engines_engine_lifecycle().call_agent_start(store, &spec).await.map(|r| r.map(Into::into))
+                    }
+                    _ => Ok(Err(bindings::EngineError::Failed("the instance's contract is not its engine's".to_string()))),
+                }
+            })
         })
         .await
-        .map(agent_info)
     }
 
     async fn agent_stop(&self, name: &str) -> Result<bool, EngineError> {
         let name = name.to_string();
-        self.call("agent-stop", None, move |e, store| {
-            Box::pin(async move { e.context_engines_engine_lifecycle().call_agent_stop(store, &name).await })
+        self.call("agent-stop", None, move |e, store| Box::pin(async move { wasm_call!(e, store, |v| call_agent_stop(&name)) })).await
+    }
+
+    async fn agent_list(&self, labels: &[(&str, &str)]) -> Result<Vec<AgentInfo>, EngineError> {
+        let labels: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.call("agent-list", None, move |e, store| {
+            Box::pin(async move {
+                let pairs = labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+                wasm_call!(e, store, |v| call_agent_list(&v::KeyValue::pairs(pairs)))
+            })
         })
         .await
     }
 
-    async fn agent_list(&self, labels: &[(&str, &str)]) -> Result<Vec<AgentInfo>, EngineError> {
-        let labels: Vec<bindings::KeyValue> =
-            labels.iter().map(|(key, value)| bindings::KeyValue { key: key.to_string(), value: value.to_string() }).collect();
-        self.call("agent-list", None, move |e, store| {
-            Box::pin(async move { e.context_engines_engine_lifecycle().call_agent_list(store, &labels).await })
+    async fn agent_logs(&self, name: &str, lines: u32) -> Result<Vec<String>, EngineError> {
+        if self.contract() == Contract::V0_1 {
+            return Err(self.refusal(&format!("has no agent-logs (asked for the logs of {name})")));
+        }
+        if !self.described().await?.features.iter().any(|f| f == feature::LOGS) {
+            return Err(self.refusal(&format!("does not declare the feature logs (asked for the logs of {name})")));
+        }
+        let name = name.to_string();
+        self.call("agent-logs", None, move |e, store| {
+            Box::pin(async move {
+                match e {
+                    Bindings::V0_2(e) => e.context_engines_engine_lifecycle().call_agent_logs(store, &name, lines).await,
+                    Bindings::V0_1(_) => Ok(Err(bindings::EngineError::Failed("engine@0.1.0 has no agent-logs".to_string()))),
+                }
+            })
         })
         .await
-        .map(|agents| agents.into_iter().map(agent_info).collect())
     }
 }

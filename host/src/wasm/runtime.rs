@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 
-use super::bindings::EnginePre;
+use super::bindings::{Contract, EnginePre, v01, v02};
 use super::state::GuestState;
 
 /// How often the epoch advances; deadlines are counted in these ticks.
@@ -35,8 +35,12 @@ pub enum LoadError {
     Read { path: String, cause: String },
     #[error("{path} is not a WebAssembly component: {cause}")]
     NotAComponent { path: String, cause: String },
-    #[error("{path} does not fit the world context-engines:engine/engine@0.1.0 (wrong world, or another major version of it): {cause}")]
-    WrongWorld { path: String, cause: String },
+    #[error(
+        "{path} implements no engine contract this host supports (context-engines:engine@0.1.0 or @0.2.0): the component exports {exports}"
+    )]
+    Unsupported { path: String, exports: String },
+    #[error("{path} does not fit the world context-engines:engine/engine@{version}: {cause}; the component exports {exports}")]
+    WrongWorld { path: String, version: &'static str, cause: String, exports: String },
 }
 
 /// A compiled, linked, pre-instantiated engine component.
@@ -64,7 +68,9 @@ impl WasmRuntime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        super::bindings::context_engines::engine::log::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
+        // Both contracts' `log`: an engine imports the one of its version.
+        v01::context_engines::engine::log::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
+        v02::context_engines::engine::log::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
         let ticker = engine.weak();
         // A plain thread: it must tick even while every tokio worker runs guest code.
         std::thread::Builder::new().name("wasm-epoch".to_string()).spawn(move || {
@@ -97,11 +103,34 @@ impl WasmRuntime {
             }
         };
         let compile_time = started.elapsed();
-        let pre = self.linker.instantiate_pre(&component).and_then(EnginePre::new).map_err(|e| LoadError::WrongWorld {
-            path: display.to_string(),
-            cause: format!("{e:#}; the component exports {}", self.export_names(&component)),
-        })?;
+        let pre = self.link(display, &component)?;
         Ok(Loaded { pre, component, sha256, from_cache, compile_time })
+    }
+
+    /// Pre-instantiates `component` with the bindings of the contract it exports.
+    fn link(&self, display: &str, component: &Component) -> Result<EnginePre<GuestState>, LoadError> {
+        let exports = self.export_names(component);
+        let contract =
+            self.contract_of(component).ok_or_else(|| LoadError::Unsupported { path: display.to_string(), exports: exports.clone() })?;
+        let wrong = |e: wasmtime::Error| LoadError::WrongWorld {
+            path: display.to_string(),
+            version: contract.version(),
+            cause: format!("{e:#}"),
+            exports: exports.clone(),
+        };
+        let pre = self.linker.instantiate_pre(component).map_err(wrong)?;
+        match contract {
+            Contract::V0_1 => v01::EnginePre::new(pre).map(EnginePre::V0_1),
+            Contract::V0_2 => v02::EnginePre::new(pre).map(EnginePre::V0_2),
+        }
+        .map_err(wrong)
+    }
+
+    /// The contract whose `lifecycle` the component exports, newest first.
+    fn contract_of(&self, component: &Component) -> Option<Contract> {
+        let ty = component.component_type();
+        let exported: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        Contract::ALL.into_iter().find(|c| exported.contains(&c.lifecycle()))
     }
 
     /// What a component offers instead, which is what an engine author needs to see

@@ -11,8 +11,7 @@ use wasmtime::{StoreLimits, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use super::bindings::Level;
-use super::bindings::context_engines::engine::log;
+use super::bindings::{v01, v02};
 
 pub struct GuestState {
     pub engine: String,
@@ -191,8 +190,10 @@ impl WasiHttpHooks for AllowList {
     }
 }
 
-impl log::Host for GuestState {
-    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+impl GuestState {
+    /// The host side of `log`, the same in every contract version.
+    fn log_line(&self, level: v02::context_engines::engine::log::Level, message: &str) {
+        use v02::context_engines::engine::log::Level;
         let engine = &self.engine;
         // Bounded so a chatty engine cannot flood dr-provision's log.
         let message: String = message.chars().take(4096).collect();
@@ -202,11 +203,33 @@ impl log::Host for GuestState {
             Level::Warn => tracing::warn!("engine '{engine}': {message}"),
             Level::Error => tracing::error!("engine '{engine}': {message}"),
         }
+    }
+}
+
+impl v02::context_engines::engine::log::Host for GuestState {
+    fn log(&mut self, level: v02::context_engines::engine::log::Level, message: String) -> wasmtime::Result<()> {
+        self.log_line(level, &message);
         Ok(())
     }
 }
 
-impl super::bindings::context_engines::engine::types::Host for GuestState {}
+impl v01::context_engines::engine::log::Host for GuestState {
+    fn log(&mut self, level: v01::context_engines::engine::log::Level, message: String) -> wasmtime::Result<()> {
+        use v01::context_engines::engine::log::Level as Old;
+        use v02::context_engines::engine::log::Level;
+        let level = match level {
+            Old::Debug => Level::Debug,
+            Old::Info => Level::Info,
+            Old::Warn => Level::Warn,
+            Old::Error => Level::Error,
+        };
+        self.log_line(level, &message);
+        Ok(())
+    }
+}
+
+impl v01::context_engines::engine::types::Host for GuestState {}
+impl v02::context_engines::engine::types::Host for GuestState {}
 
 #[cfg(test)]
 mod tests {
