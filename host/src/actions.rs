@@ -7,12 +7,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::agents::{self, Agent, AgentError};
-use crate::options::layers::LayerError;
 use crate::api_error::ApiError;
 use crate::controller::reconciler::{AgentFailure, Reconciler};
 use crate::drp::{Context, Machine};
 use crate::engine::{Engine, EngineError, labels};
 use crate::images::ImageError;
+use crate::options::layers::LayerError;
 use crate::params::{self, ParamError};
 use crate::plugin::Plugin;
 use crate::registry::UnknownEngine;

@@ -278,7 +278,8 @@ pub fn spec_digest(spec: &AgentSpec) -> String {
         network: &'a str,
         options: &'a AgentOptions,
     }
-    let canonical = Canonical { name: &spec.name, image: &spec.image, entrypoint: &spec.entrypoint, network: &spec.network, options: &options };
+    let canonical =
+        Canonical { name: &spec.name, image: &spec.image, entrypoint: &spec.entrypoint, network: &spec.network, options: &options };
     let canonical = serde_json::to_vec(&canonical).unwrap_or_default();
     let digest = Sha256::digest(&canonical);
     hex::encode(&digest[..8])

@@ -152,7 +152,10 @@ pub trait Engine: Send + Sync {
     /// engine has no feed (WASM engines), and resyncs alone find such removals.
     /// The last `lines` lines of the agent's output (stdout and stderr, in order).
     async fn agent_logs(&self, name: &str, _lines: u32) -> Result<Vec<String>, EngineError> {
-        Err(EngineError::Rejected { engine: self.name().to_string(), cause: format!("this engine cannot show agent logs (asked for {name})") })
+        Err(EngineError::Rejected {
+            engine: self.name().to_string(),
+            cause: format!("this engine cannot show agent logs (asked for {name})"),
+        })
     }
     async fn agent_events(&self, _labels: &[(&str, &str)]) -> Result<Option<AgentEvents>, EngineError> {
         Ok(None)

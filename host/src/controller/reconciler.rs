@@ -1206,7 +1206,10 @@ mod tests {
         r.idle().await;
         assert_eq!((engine.starts(), engine.names()), (2, vec!["drp-c-m".to_string()]), "unusable options took the agent down");
         let status = r.summary();
-        assert!(status["failing"][0]["error"].as_str().is_some_and(|e| e.contains("the Context 'c'") && e.contains("not valid JSON")), "{status}");
+        assert!(
+            status["failing"][0]["error"].as_str().is_some_and(|e| e.contains("the Context 'c'") && e.contains("not valid JSON")),
+            "{status}"
+        );
         assert_eq!(status["failing"][0]["parked"], true);
     }
 

@@ -80,7 +80,10 @@ mod tests {
     #[test]
     fn devices_split_like_docker_run() {
         let d = device("/dev/fuse");
-        assert_eq!((d.path_on_host.as_deref(), d.path_in_container.as_deref(), d.cgroup_permissions.as_deref()), (Some("/dev/fuse"), Some("/dev/fuse"), Some("rwm")));
+        assert_eq!(
+            (d.path_on_host.as_deref(), d.path_in_container.as_deref(), d.cgroup_permissions.as_deref()),
+            (Some("/dev/fuse"), Some("/dev/fuse"), Some("rwm"))
+        );
         let d = device("/dev/sda:/dev/xvda:r");
         assert_eq!((d.path_in_container.as_deref(), d.cgroup_permissions.as_deref()), (Some("/dev/xvda"), Some("r")));
     }

@@ -19,8 +19,8 @@ use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
 use super::{container_list, container_spec};
-use crate::images::ImageRef;
 use crate::engine::{AgentEvents, AgentGone, AgentInfo, AgentSpec, ArchiveStream, Engine, EngineError, EngineInfo, labels};
+use crate::images::ImageRef;
 
 /// Long enough for a multi-gigabyte image load; bollard applies it per request.
 const LOAD_TIMEOUT_SECS: u64 = 900;
@@ -157,7 +157,10 @@ impl RuntimeApiEngine {
                 // that happens to hold the name.
                 let ours = spec.labels().get(labels::PLUGIN).map(String::as_str);
                 if info.label(labels::PLUGIN) != ours {
-                    return Err(EngineError::Rejected { engine: self.name.clone(), cause: name_taken(&spec.name, info.label(labels::PLUGIN)) });
+                    return Err(EngineError::Rejected {
+                        engine: self.name.clone(),
+                        cause: name_taken(&spec.name, info.label(labels::PLUGIN)),
+                    });
                 }
                 // The same spec (options, image, drpcli, …) is kept; anything else replaced.
                 if info.running && info.label(labels::SPEC) == spec.labels().get(labels::SPEC).map(String::as_str) {

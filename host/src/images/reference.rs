@@ -58,7 +58,9 @@ mod tests {
 
     #[test]
     fn malformed_references_are_refused() {
-        for good in ["foo", "foo/bar:1", "reg:5000/foo/bar:1.2", "localhost/a_b-c", "Reg.Example.com/a__b/c--d:V1_x-2", "ce-test/cet-7d47:1"] {
+        for good in
+            ["foo", "foo/bar:1", "reg:5000/foo/bar:1.2", "localhost/a_b-c", "Reg.Example.com/a__b/c--d:V1_x-2", "ce-test/cet-7d47:1"]
+        {
             assert!(check_reference(good).is_ok(), "{good}");
         }
         for bad in [

@@ -74,7 +74,11 @@ impl Allowed {
         for (i, mount) in options.mounts.iter().enumerate() {
             let Some(source) = mount.source.as_deref().filter(|_| mount.kind == MountType::Bind) else { continue };
             if !self.bind_prefixes.iter().any(|prefix| under(source, prefix)) {
-                return Err(refuse(&format!("mounts[{i}]"), format!(" (a bind of host path '{source}')"), format!("\"{source}\" or a parent of it")));
+                return Err(refuse(
+                    &format!("mounts[{i}]"),
+                    format!(" (a bind of host path '{source}')"),
+                    format!("\"{source}\" or a parent of it"),
+                ));
             }
         }
         Ok(())

@@ -137,7 +137,10 @@ mod tests {
     fn each_layer_alone_and_all_four_with_the_enforced_one_winning() {
         let none = layers(json!({}), json!({}));
         let env = |o: AgentOptions| o.env.get("WHO").cloned();
-        assert_eq!(env(layers(json!({"env": {"WHO": "plugin"}}), json!({})).resolve(&context(None), "m", &Map::new()).expect("1")), Some("plugin".into()));
+        assert_eq!(
+            env(layers(json!({"env": {"WHO": "plugin"}}), json!({})).resolve(&context(None), "m", &Map::new()).expect("1")),
+            Some("plugin".into())
+        );
         assert_eq!(env(none.resolve(&context(Some(r#"{"env":{"WHO":"context"}}"#)), "m", &Map::new()).expect("2")), Some("context".into()));
         let machine = params(json!({MACHINE_AGENT_OPTIONS: {"env": {"WHO": "machine"}}}));
         assert_eq!(env(none.resolve(&context(None), "m", &machine).expect("3")), Some("machine".into()));
@@ -149,12 +152,14 @@ mod tests {
 
     #[test]
     fn rackn_volumes_are_read_as_mounts() {
-        let machine = params(json!({MACHINE_VOLUMES: ["type=volume,source=cache,target=/cache,readonly", "type=tmpfs,dst=/t,tmpfs-size=1m"]}));
+        let machine =
+            params(json!({MACHINE_VOLUMES: ["type=volume,source=cache,target=/cache,readonly", "type=tmpfs,dst=/t,tmpfs-size=1m"]}));
         let merged = layers(json!({}), json!({})).resolve(&context(None), "m", &machine).expect("volumes");
         assert_eq!(merged.mounts.len(), 2);
         assert!(merged.mounts[0].read_only && merged.mounts[0].source.as_deref() == Some("cache"));
         assert_eq!(merged.mounts[1].tmpfs_size, Some(Size(1 << 20)));
-        let err = layers(json!({}), json!({})).resolve(&context(None), "m", &params(json!({MACHINE_VOLUMES: ["type=bind,src=/etc,dst=/etc"]})));
+        let err =
+            layers(json!({}), json!({})).resolve(&context(None), "m", &params(json!({MACHINE_VOLUMES: ["type=bind,src=/etc,dst=/etc"]})));
         assert!(matches!(err, Err(LayerError::Refused(_))), "{err:?}");
     }
 

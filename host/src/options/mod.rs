@@ -182,8 +182,7 @@ impl AgentOptions {
 
     /// Decodes a layer given as JSON text (a Context's Meta holds strings only).
     pub fn from_json(text: &str) -> Result<AgentOptions, OptionError> {
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| OptionError::new("(top)", format!("not valid JSON: {e}")))?;
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| OptionError::new("(top)", format!("not valid JSON: {e}")))?;
         AgentOptions::from_value(&value)
     }
 
@@ -199,7 +198,10 @@ impl AgentOptions {
         }
         for (i, device) in self.devices.iter().enumerate() {
             if !device.starts_with('/') || device.split(':').count() > 3 {
-                return Err(OptionError::new(format!("devices[{i}]"), format!("'{device}' is not host-path[:container-path[:permissions]]")));
+                return Err(OptionError::new(
+                    format!("devices[{i}]"),
+                    format!("'{device}' is not host-path[:container-path[:permissions]]"),
+                ));
             }
         }
         if self.memory.is_some_and(|m| m.0 == 0) {
@@ -262,7 +264,10 @@ impl AgentOptions {
         let drpcli_only = o.mounts.iter().all(|m| m.target == crate::agents::DRPCLI_IN_AGENT && m.kind == MountType::Bind && m.read_only);
         let needs = [
             (feature::MOUNTS, !drpcli_only),
-            (feature::RESOURCES, o.memory.is_some() || o.memory_swap.is_some() || o.cpus.is_some() || o.pids_limit.is_some() || o.shm_size.is_some()),
+            (
+                feature::RESOURCES,
+                o.memory.is_some() || o.memory_swap.is_some() || o.cpus.is_some() || o.pids_limit.is_some() || o.shm_size.is_some(),
+            ),
             (
                 feature::SECURITY,
                 o.user.is_some()

@@ -255,11 +255,7 @@ impl WasmEngine {
     fn refusal(&self, what: &str) -> EngineError {
         EngineError::Rejected {
             engine: self.name.clone(),
-            cause: format!(
-                "engine '{}' implements {} and {what}; use an engine that can, or drop those options",
-                self.name,
-                self.contract().package()
-            ),
+            cause: format!("it implements {} and {what}; use an engine that can, or drop those options", self.contract().package()),
         }
     }
 

@@ -128,7 +128,10 @@ pub async fn options_layers_merge_and_the_enforced_layer_wins(w: &mut World) -> 
     // dr-provision aggregates a param by taking the first value found (the machine's,
     // then its profiles' in order, then global's), whole: the profile's shadows global's.
     w.sim.put_profile("global", json!({"context-engines/agent-options": {"env": {"D": "global", "G": "global"}}}));
-    w.sim.put_profile(&format!("{}-profile", w.plugin_name), json!({"context-engines/agent-options": {"env": {"C": "profile", "D": "profile", "E": "profile"}}}));
+    w.sim.put_profile(
+        &format!("{}-profile", w.plugin_name),
+        json!({"context-engines/agent-options": {"env": {"C": "profile", "D": "profile", "E": "profile"}}}),
+    );
     let uuid = unique("m");
     let mut machine = World::machine(&uuid, "ctx");
     machine["Profiles"] = json!([format!("{}-profile", w.plugin_name)]);
@@ -159,7 +162,12 @@ pub async fn options_that_give_the_host_are_gated(w: &mut World) -> anyhow::Resu
     w.upload("plain.tar", &image).await?;
     w.sim.put_context(context_with_options(w, "priv", &image, &json!({"privileged": true})));
     w.sim.put_context(context_with_options(w, "caps", &image, &json!({"cap-add": ["NET_ADMIN"]})));
-    w.sim.put_context(context_with_options(w, "etc", &image, &json!({"mounts": [{"type": "bind", "source": "/etc", "target": "/host-etc"}]})));
+    w.sim.put_context(context_with_options(
+        w,
+        "etc",
+        &image,
+        &json!({"mounts": [{"type": "bind", "source": "/etc", "target": "/host-etc"}]}),
+    ));
     let (privileged, caps, etc) = (unique("m"), unique("m"), unique("m"));
     w.sim.put_machine(World::machine(&privileged, "priv"));
     w.sim.put_machine(World::machine(&caps, "caps"));
@@ -205,7 +213,10 @@ pub async fn changed_options_replace_agents_and_bad_ones_are_refused(w: &mut Wor
     w.sim.put_machine(World::machine(&other, "plain"));
     let before = w.wait_agents(2, SETTLE).await?;
     let id_of = |agents: &[ce_tests::world::ContainerSummary], machine: &str| {
-        agents.iter().find(|a| a.labels.as_ref().and_then(|l| l.get("drp.machine")).map(String::as_str) == Some(machine)).and_then(|a| a.id.clone())
+        agents
+            .iter()
+            .find(|a| a.labels.as_ref().and_then(|l| l.get("drp.machine")).map(String::as_str) == Some(machine))
+            .and_then(|a| a.id.clone())
     };
     let (first, plain) = (id_of(&before, &uuid), id_of(&before, &other));
 
@@ -243,13 +254,18 @@ pub async fn changed_options_replace_agents_and_bad_ones_are_refused(w: &mut Wor
     w.sim.put_machine(machine);
     let error = failure_of(w, &fourth).await?;
     ensure!(error.contains(&format!("machine {fourth}")) && error.contains("memmory"), "unknown key: {error}");
-    let (code, body) = w.plugin().config({
-        let mut params = w.params();
-        params["context-engines/agent-options"] = json!({"memory": -5});
-        params
-    })
-    .await?;
-    ensure!(code == 400 && body.to_string().contains("context-engines/agent-options") && body.to_string().contains("memory"), "{code} {body}");
+    let (code, body) = w
+        .plugin()
+        .config({
+            let mut params = w.params();
+            params["context-engines/agent-options"] = json!({"memory": -5});
+            params
+        })
+        .await?;
+    ensure!(
+        code == 400 && body.to_string().contains("context-engines/agent-options") && body.to_string().contains("memory"),
+        "{code} {body}"
+    );
     let still = w.agents().await?;
     ensure!(id_of(&still, &other) == plain, "the plain machine's agent was disturbed");
     expect(w.action("agentStatus", json!({})).await.map(|(c, _)| (c, json!(null)))?, 200, json!(null))?;
