@@ -319,8 +319,10 @@ impl Sim {
     /// keeps its TCP connection open: a dr-provision that vanished without a FIN (a
     /// paused VM, a dropped NAT entry). Later connections are served as usual.
     pub fn freeze_websockets(&self) {
-        self.inner.state().subscribers.clear();
+        // The freeze first: a session that saw its event channel close before the freeze
+        // would end its connection, which is a drop, not a freeze.
         self.inner.ws_freezes.send_modify(|g| *g += 1);
+        self.inner.state().subscribers.clear();
     }
 
     pub fn refuse_websockets(&self, refuse: bool) {

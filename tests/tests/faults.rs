@@ -994,7 +994,8 @@ async fn odd_objects(f: &mut Fault) -> anyhow::Result<()> {
     if let Err(e) = wait_log(f, &[bad_uuid.as_str(), "container name"], Duration::from_secs(20)).await {
         problems.push(format!("machine {bad_uuid:?}: {e:#}"));
     }
-    for (machine, says) in [(&escape, "'..'"), (&no_engine, "no-such-engine"), (&no_image, "has no Image")] {
+    let escaping = "'../../../../etc/passwd' is not a valid reference";
+    for (machine, says) in [(&escape, escaping), (&no_engine, "no-such-engine"), (&no_image, "has no Image")] {
         match wait_published(f, "agent-failed", machine, Duration::from_secs(20)).await {
             Ok(event) if event["Object"]["Error"].to_string().contains(says) => {}
             Ok(event) => problems.push(format!("agent-failed for {machine} should say {says:?}: {event}")),
