@@ -41,12 +41,13 @@ pub async fn run(plugin: &Arc<Plugin>, reconciler: &Arc<Reconciler>, action: Act
         "imageRemove" => image_remove(plugin, params).await,
         "agentStart" => agent_start(plugin, reconciler, &action.model, params).await,
         "agentStop" => agent_stop(plugin, reconciler, &action.model, params).await,
+        "agentLogs" => agent_logs(plugin, reconciler, &action.model, params).await,
         "enginesList" => Ok(json!(plugin.registry.status().await)),
         "agentStatus" => Ok(reconciler.summary()),
         other => Err(ApiError::new(
             404,
             format!(
-                "unknown action '{other}'; this plugin offers imageUpload, imageExists, imageRemove, agentStart, agentStop, enginesList, agentStatus"
+                "unknown action '{other}'; this plugin offers imageUpload, imageExists, imageRemove, agentStart, agentStop, agentLogs, enginesList, agentStatus"
             ),
         )),
     }
@@ -133,22 +134,11 @@ async fn agent_stop(plugin: &Plugin, reconciler: &Reconciler, model: &Value, par
     let context_name = params::required_string(params, params::CONTEXT_NAME)?;
     let name = agents::agent_name(&context_name, &machine.uuid)?;
     let _machine = reconciler.lock_machine(&machine.uuid).await;
-    let engine_name = match params::optional_string(params, params::ENGINE)? {
-        Some(name) => name,
-        None => reconciler
-            .agents_of(&machine.uuid)
-            .into_iter()
-            .find(|a| a.name == name)
-            .map(|a| a.engine)
-            .or_else(|| reconciler.context(&context_name).map(|c| agents::engine_for(&c, &plugin.settings().default_engine)))
-            .unwrap_or_else(|| plugin.settings().default_engine.clone()),
-    };
+    let engine_name = agent_engine(plugin, reconciler, params, &machine.uuid, &context_name, &name)?;
     let engine = plugin.registry.resolve(&engine_name)?;
     // Only an agent of ours is stopped: a container of that name with another plugin's
     // label (or none) is not ours to remove, so for us the agent is absent.
-    let plugin_name = plugin.settings().plugin_name.clone();
-    let ours = engine.agent_list(&[(labels::PLUGIN, plugin_name.as_str()), (labels::MACHINE, machine.uuid.as_str())]).await?;
-    if !ours.iter().any(|a| a.name == name) {
+    if !is_ours(plugin, engine.as_ref(), &machine.uuid, &name).await? {
         return Ok(Value::Bool(true));
     }
     let agent = Agent {
@@ -164,6 +154,55 @@ async fn agent_stop(plugin: &Plugin, reconciler: &Reconciler, model: &Value, par
     };
     reconciler.stop(&agent).await?;
     Ok(Value::Bool(true))
+}
+
+/// Lines of an agent's logs an action may ask for.
+const MAX_LOG_LINES: u32 = 10_000;
+const DEFAULT_LOG_LINES: u32 = 100;
+
+/// The agent's last lines, every token the plugin knows masked.
+async fn agent_logs(plugin: &Plugin, reconciler: &Reconciler, model: &Value, params: &Map<String, Value>) -> Result<Value, ApiError> {
+    let machine = machine_of(model)?;
+    let context_name = params::required_string(params, params::CONTEXT_NAME)?;
+    let lines = params::bounded_number(params, params::LINES, DEFAULT_LOG_LINES, MAX_LOG_LINES)?;
+    let name = agents::agent_name(&context_name, &machine.uuid)?;
+    let engine_name = agent_engine(plugin, reconciler, params, &machine.uuid, &context_name, &name)?;
+    let engine = plugin.registry.resolve(&engine_name)?;
+    if !is_ours(plugin, engine.as_ref(), &machine.uuid, &name).await? {
+        return Err(ApiError::new(404, format!("no agent '{name}' of this plugin on engine '{engine_name}'")));
+    }
+    let logged = engine.agent_logs(&name, lines).await?;
+    let logged: Vec<String> = logged.iter().map(|line| plugin.redactor.redact(line, &[])).collect();
+    Ok(json!({"Name": name, "Engine": engine_name, "Lines": logged}))
+}
+
+/// The engine of a machine's agent in `context_name`: the action's `context/engine`,
+/// else the one the reconciler knows runs it, else its Context's, else the default.
+fn agent_engine(
+    plugin: &Plugin,
+    reconciler: &Reconciler,
+    params: &Map<String, Value>,
+    machine: &str,
+    context_name: &str,
+    name: &str,
+) -> Result<String, ApiError> {
+    Ok(match params::optional_string(params, params::ENGINE)? {
+        Some(name) => name,
+        None => reconciler
+            .agents_of(machine)
+            .into_iter()
+            .find(|a| a.name == name)
+            .map(|a| a.engine)
+            .or_else(|| reconciler.context(context_name).map(|c| agents::engine_for(&c, &plugin.settings().default_engine)))
+            .unwrap_or_else(|| plugin.settings().default_engine.clone()),
+    })
+}
+
+/// Whether the engine runs an agent of this plugin called `name` for `machine`.
+async fn is_ours(plugin: &Plugin, engine: &dyn Engine, machine: &str, name: &str) -> Result<bool, ApiError> {
+    let plugin_name = plugin.settings().plugin_name.clone();
+    let ours = engine.agent_list(&[(labels::PLUGIN, plugin_name.as_str()), (labels::MACHINE, machine)]).await?;
+    Ok(ours.iter().any(|a| a.name == name))
 }
 
 impl From<ParamError> for ApiError {

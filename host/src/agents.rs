@@ -162,7 +162,11 @@ pub async fn prepare(
     first_of_context: bool,
 ) -> Result<Prepared, AgentError> {
     check_image(agent)?;
-    let token = async { Ok::<_, AgentError>(plugin.drp.machine_token(&agent.machine).await?) };
+    let token = async {
+        let token = plugin.drp.machine_token(&agent.machine).await?;
+        plugin.redactor.add(&token);
+        Ok::<_, AgentError>(token)
+    };
     let options = options_for(plugin, agent, context);
     if context.meta(META_IMAGEPULL).is_none() {
         let (token, options) = tokio::try_join!(token, options)?;

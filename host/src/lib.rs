@@ -18,6 +18,7 @@ pub mod params;
 pub mod plugin;
 pub mod protocol;
 pub mod provider;
+pub mod redact;
 pub mod registry;
 pub mod tls;
 pub mod wasm;

@@ -52,6 +52,7 @@ pub const IMAGE_NAME: &str = "context/image-name";
 pub const IMAGE_PATH: &str = "context/image-path";
 pub const CONTEXT_NAME: &str = "context/name";
 pub const ENGINE: &str = "context/engine";
+pub const LINES: &str = "context/lines";
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ParamError {
@@ -158,6 +159,20 @@ pub fn required_string(params: &Map<String, Value>, name: &str) -> Result<String
 fn agent_options(params: &Map<String, Value>, name: &str) -> Result<AgentOptions, ParamError> {
     let value = params.get(name).cloned().unwrap_or(Value::Null);
     AgentOptions::from_value(&value).map_err(|e| ParamError::Invalid { name: name.to_string(), why: e.to_string() })
+}
+
+/// A whole number from 1 to `max` (a number, or digits in a string: drpcli sends action
+/// params as it reads them), or `default` when absent.
+pub fn bounded_number(params: &Map<String, Value>, name: &str, default: u32, max: u32) -> Result<u32, ParamError> {
+    let value = match params.get(name) {
+        None | Some(Value::Null) => return Ok(default),
+        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+        Some(v) => v.as_u64(),
+    };
+    match value.and_then(|n| u32::try_from(n).ok()).filter(|n| (1..=max).contains(n)) {
+        Some(n) => Ok(n),
+        None => Err(ParamError::Invalid { name: name.to_string(), why: format!("must be a whole number from 1 to {max}, got {}", params[name]) }),
+    }
 }
 
 /// A whole number of at least 1, or `default` when absent.

@@ -9,6 +9,7 @@ use crate::drp_socket::DrpSocket;
 use crate::environment::Environment;
 use crate::images::Images;
 use crate::params::Settings;
+use crate::redact::Redactor;
 use crate::registry::Registry;
 
 pub struct Plugin {
@@ -17,6 +18,8 @@ pub struct Plugin {
     pub socket: DrpSocket,
     pub registry: Registry,
     pub images: Arc<Images>,
+    /// The tokens the plugin holds or fetched, masked in agent logs.
+    pub redactor: Redactor,
     settings: RwLock<Arc<Settings>>,
 }
 
@@ -24,7 +27,12 @@ impl Plugin {
     pub fn new(env: Environment, socket: DrpSocket, settings: Settings, scratch: PathBuf) -> anyhow::Result<Plugin> {
         let registry = Registry::default();
         registry.configure(&settings);
+        let redactor = Redactor::default();
+        if let Some(token) = &env.token {
+            redactor.add(token);
+        }
         Ok(Plugin {
+            redactor,
             drp: DrpClient::new(&env)?,
             images: Arc::new(Images::new(env.clone(), scratch.join("spool"))?),
             env,

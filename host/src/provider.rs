@@ -36,6 +36,12 @@ const ACTIONS: &[Action] = &[
         optional_params: ENGINE_ONLY,
     },
     Action { command: "agentStop", model: "machines", required_params: &[params::CONTEXT_NAME], optional_params: ENGINE_ONLY },
+    Action {
+        command: "agentLogs",
+        model: "machines",
+        required_params: &[params::CONTEXT_NAME],
+        optional_params: &[params::LINES, params::ENGINE],
+    },
     Action { command: "enginesList", model: "", required_params: &[], optional_params: &[] },
     Action { command: "agentStatus", model: "", required_params: &[], optional_params: &[] },
 ];
@@ -52,8 +58,8 @@ A Context is served when its ``Engine`` is this plugin's name; its ``Meta[\"cont
 picks the engine (default: ``context-engines/default-engine``). Every machine whose
 ``Context`` names such a Context gets exactly one agent, named ``drp-<context>-<uuid>``.
 
-Actions: imageUpload, imageExists, imageRemove, agentStart, agentStop, enginesList,
-agentStatus.
+Actions: imageUpload, imageExists, imageRemove, agentStart, agentStop, agentLogs,
+enginesList, agentStatus.
 ";
 
 pub fn define() -> Value {

@@ -55,6 +55,7 @@ behaviour_suite! {
         options_layers_merge_and_the_enforced_layer_wins,
         options_that_give_the_host_are_gated,
         changed_options_replace_agents_and_bad_ones_are_refused,
+        agent_logs_show_the_agents_output_with_tokens_masked,
     ]
 }
 
@@ -531,6 +532,38 @@ async fn same_image_with_different_checksums_is_loaded_and_checked_apart(w: &mut
     ensure!(machine.as_deref() == Some(right.as_str()), "the one agent should be the right checksum's machine: {machine:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     w.wait_agents(1, Duration::from_secs(1)).await.context("the wrong checksum's machine got an agent later")?;
+    Ok(())
+}
+
+/// `agentLogs`: the agent's own lines, in order, timestamped, its token masked; `lines`
+/// bounds; a machine without that agent is a 404 naming it.
+async fn agent_logs_show_the_agents_output_with_tokens_masked(w: &mut World) -> anyhow::Result<()> {
+    let image = w.image();
+    w.upload("plain.tar", &image).await?;
+    w.sim.put_context(w.context("ctx", &image));
+    let uuid = unique("m");
+    let machine = World::machine(&uuid, "ctx");
+    w.sim.put_machine(machine.clone());
+    w.wait_agents(1, SETTLE).await?;
+    let report = w.sim.wait_for("agent report", SETTLE, || w.sim.agent_reports().into_iter().find(|r| r.uuid == uuid)).await?;
+    let (code, body) = w.machine_action(&machine, "agentLogs", json!({"context/name": "ctx"})).await?;
+    ensure!(code == 200, "agentLogs answered {code}: {body}");
+    let lines: Vec<String> = body["Lines"].as_array().into_iter().flatten().filter_map(|l| l.as_str().map(str::to_string)).collect();
+    let at = |needle: &str| lines.iter().position(|l| l.contains(needle));
+    let up = at(&format!("ce-agent: up for {uuid}")).with_context(|| format!("no 'up' line in {lines:?}"))?;
+    let token = at("ce-agent: my token is [redacted]").with_context(|| format!("no masked token line in {lines:?}"))?;
+    ensure!(at("ce-agent: on stderr").is_some(), "stderr missing from {lines:?}");
+    ensure!(up < token, "lines out of order: {lines:?}");
+    ensure!(lines[up].starts_with("20"), "no timestamp on {:?}", lines[up]);
+    ensure!(!body.to_string().contains(&report.token), "the agent's token leaked: {body}");
+    let (code, body) = w.machine_action(&machine, "agentLogs", json!({"context/name": "ctx", "context/lines": "1"})).await?;
+    ensure!(code == 200 && body["Lines"].as_array().map(Vec::len) == Some(1), "lines=1: {code} {body}");
+    for bad in [json!(0), json!(10_001), json!("many")] {
+        let (code, body) = w.machine_action(&machine, "agentLogs", json!({"context/name": "ctx", "context/lines": bad})).await?;
+        ensure!(code == 400 && body.to_string().contains("context/lines"), "lines={bad}: {code} {body}");
+    }
+    let (code, body) = w.machine_action(&machine, "agentLogs", json!({"context/name": "elsewhere"})).await?;
+    ensure!(code == 404 && body.to_string().contains(&format!("drp-elsewhere-{uuid}")), "absent agent: {code} {body}");
     Ok(())
 }
 

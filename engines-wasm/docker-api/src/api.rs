@@ -156,9 +156,9 @@ pub fn container_list_path(labels: &[(String, String)]) -> String {
     format!("/containers/json?all=1&filters={}", encode(&filters))
 }
 
-/// `GET /containers/{name}/logs?stdout=1&stderr=1&tail=N`
+/// `GET /containers/{name}/logs?stdout=1&stderr=1&timestamps=1&tail=N`
 pub fn container_logs_path(name: &str, lines: u32) -> String {
-    format!("/containers/{}/logs?stdout=1&stderr=1&tail={lines}", encode(name))
+    format!("/containers/{}/logs?stdout=1&stderr=1&timestamps=1&tail={lines}", encode(name))
 }
 
 /// The body of `POST /containers/create` for `spec`, running `image` (the name under
@@ -601,7 +601,7 @@ mod tests {
         // A TTY's output is not framed.
         assert_eq!(log_lines(b"plain\nlines\n", 5), ["plain", "lines"]);
         assert!(log_lines(b"", 5).is_empty());
-        assert_eq!(container_logs_path("drp-c-1", 50), "/containers/drp-c-1/logs?stdout=1&stderr=1&tail=50");
+        assert_eq!(container_logs_path("drp-c-1", 50), "/containers/drp-c-1/logs?stdout=1&stderr=1&timestamps=1&tail=50");
     }
 
     #[test]
