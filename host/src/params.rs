@@ -171,7 +171,10 @@ pub fn bounded_number(params: &Map<String, Value>, name: &str, default: u32, max
     };
     match value.and_then(|n| u32::try_from(n).ok()).filter(|n| (1..=max).contains(n)) {
         Some(n) => Ok(n),
-        None => Err(ParamError::Invalid { name: name.to_string(), why: format!("must be a whole number from 1 to {max}, got {}", params[name]) }),
+        None => Err(ParamError::Invalid {
+            name: name.to_string(),
+            why: format!("must be a whole number from 1 to {max}, got {}", params[name]),
+        }),
     }
 }
 

@@ -12,7 +12,7 @@ use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerCreateResponse, EventMessage};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, LogsOptions, EventsOptionsBuilder, ImportImageOptionsBuilder, RemoveContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, ImportImageOptionsBuilder, LogsOptions, RemoveContainerOptionsBuilder,
     RemoveImageOptionsBuilder, StopContainerOptionsBuilder, TagImageOptionsBuilder,
 };
 use futures_util::StreamExt;
@@ -350,20 +350,23 @@ impl Engine for RuntimeApiEngine {
     async fn agent_logs(&self, name: &str, lines: u32) -> Result<Vec<String>, EngineError> {
         let docker = self.client().await?;
         let token = match docker.inspect_container(name, None).await {
-            Ok(c) => c.config.and_then(|c| c.env).unwrap_or_default().into_iter().find_map(|e| e.strip_prefix("RS_TOKEN=").map(str::to_string)),
+            Ok(c) => {
+                c.config.and_then(|c| c.env).unwrap_or_default().into_iter().find_map(|e| e.strip_prefix("RS_TOKEN=").map(str::to_string))
+            }
             Err(e) => return Err(self.error(e)),
         };
         let options = LogsOptions { stdout: true, stderr: true, timestamps: true, tail: lines.to_string(), ..Default::default() };
         let read = docker.logs(name, Some(options)).map(|frame| frame.map(|f| f.into_bytes())).collect::<Vec<_>>();
-        let frames = tokio::time::timeout(std::time::Duration::from_secs(self.timeout_secs), read)
-            .await
-            .map_err(|_| EngineError::Failed { engine: self.name.clone(), cause: format!("agent logs: no answer within {}s", self.timeout_secs) })?;
+        let frames = tokio::time::timeout(std::time::Duration::from_secs(self.timeout_secs), read).await.map_err(|_| {
+            EngineError::Failed { engine: self.name.clone(), cause: format!("agent logs: no answer within {}s", self.timeout_secs) }
+        })?;
         let mut text = Vec::new();
         for frame in frames {
             text.extend_from_slice(&frame.map_err(|e| self.error(e))?);
         }
         let text = String::from_utf8_lossy(&text);
-        let mask = |line: &str| token.as_deref().filter(|t| !t.is_empty()).map_or(line.to_string(), |t| line.replace(t, crate::redact::MASK));
+        let mask =
+            |line: &str| token.as_deref().filter(|t| !t.is_empty()).map_or(line.to_string(), |t| line.replace(t, crate::redact::MASK));
         Ok(text.lines().map(mask).collect())
     }
 
