@@ -267,7 +267,7 @@ impl From<AgentFailure> for ApiError {
 fn agent_error_code(e: &AgentError) -> u16 {
     match e {
         AgentError::BadName { .. } | AgentError::NoImage(_) | AgentError::BadImage { .. } | AgentError::UnknownEngine(_) => 400,
-        AgentError::Token(_) => 502,
+        AgentError::Token(_) | AgentError::Params(_) => 502,
         AgentError::Image { source, .. } => image_error_code(source),
         AgentError::Engine(engine) => engine_error_code(engine),
         AgentError::Options(LayerError::Bad { .. }) => 400,

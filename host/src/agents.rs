@@ -31,6 +31,8 @@ pub enum AgentError {
     BadImage { context: String, why: String },
     #[error("fetching the machine token: {0}")]
     Token(#[from] DrpError),
+    #[error("reading the machine's params for its agent options: {0}")]
+    Params(DrpError),
     #[error("image '{image}': {source}")]
     Image { image: String, source: ImageError },
     #[error(transparent)]
@@ -55,7 +57,7 @@ impl AgentError {
             | AgentError::Options(_) => true,
             AgentError::Engine(EngineError::Misconfigured { .. }) => true,
             AgentError::Image { source, .. } => source.is_permanent(),
-            AgentError::Token(_) | AgentError::Engine(_) | AgentError::Cancelled => false,
+            AgentError::Token(_) | AgentError::Params(_) | AgentError::Engine(_) | AgentError::Cancelled => false,
         }
     }
 }
@@ -179,7 +181,7 @@ pub async fn prepare(
 /// The agent's options, merged from every layer (the machine's read from dr-provision
 /// now) and gated.
 pub async fn options_for(plugin: &Plugin, agent: &Agent, context: &Context) -> Result<AgentOptions, AgentError> {
-    let machine_params = plugin.drp.machine_params(&agent.machine).await?;
+    let machine_params = plugin.drp.machine_params(&agent.machine).await.map_err(AgentError::Params)?;
     Ok(plugin.settings().agent_options.resolve(context, &agent.machine, &machine_params)?)
 }
 

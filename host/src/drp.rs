@@ -129,15 +129,23 @@ impl DrpClient {
     }
 
     /// The machine's params, aggregated over its profiles and global as dr-provision
-    /// resolves them for the machine (`?aggregate=true`).
+    /// resolves them for the machine (`?aggregate=true`). A 404 reads as no params: an
+    /// endpoint that does not serve params (a stand-in for dr-provision) then gives agents
+    /// no machine layer rather than no agents; the machine's existence is the token
+    /// fetch's to check.
     pub async fn machine_params(&self, uuid: &str) -> Result<serde_json::Map<String, serde_json::Value>, DrpError> {
         #[cfg(test)]
         if self.fixed_token.is_some() {
             return Ok(serde_json::Map::new());
         }
-        let params: Option<serde_json::Map<String, serde_json::Value>> =
-            self.get(&format!("/api/v3/machines/{uuid}/params?aggregate=true")).await?;
-        Ok(params.unwrap_or_default())
+        match self
+            .get::<Option<serde_json::Map<String, serde_json::Value>>>(&format!("/api/v3/machines/{uuid}/params?aggregate=true"))
+            .await
+        {
+            Ok(params) => Ok(params.unwrap_or_default()),
+            Err(DrpError::Status { status: 404, .. }) => Ok(serde_json::Map::new()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, DrpError> {

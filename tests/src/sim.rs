@@ -88,6 +88,9 @@ struct Inner {
     /// Bumped by `freeze_websockets`: open sessions go silent without closing.
     ws_freezes: watch::Sender<u64>,
     refuse_ws: AtomicBool,
+    /// Off: `GET /machines/{uuid}/params` is not served (404), as by a stand-in for
+    /// dr-provision that knows only the token endpoint.
+    serve_params: AtomicBool,
     token: String,
     api_addr: SocketAddr,
     file_addr: SocketAddr,
@@ -181,6 +184,7 @@ impl Sim {
             ws_generation: watch::Sender::new(0),
             ws_freezes: watch::Sender::new(0),
             refuse_ws: AtomicBool::new(false),
+            serve_params: AtomicBool::new(true),
             token: random_hex(32),
             api_addr: api.local_addr()?,
             file_addr: files.local_addr()?,
@@ -323,6 +327,10 @@ impl Sim {
         // would end its connection, which is a drop, not a freeze.
         self.inner.ws_freezes.send_modify(|g| *g += 1);
         self.inner.state().subscribers.clear();
+    }
+
+    pub fn serve_machine_params(&self, serve: bool) {
+        self.inner.serve_params.store(serve, Ordering::SeqCst);
     }
 
     pub fn refuse_websockets(&self, refuse: bool) {
@@ -624,7 +632,7 @@ fn route_api(inner: &Inner, path: &str) -> Response<Body> {
         ["machines", uuid] => get_one(st().machines.get(*uuid).cloned(), "machines", uuid),
         ["contexts", name] => get_one(st().contexts.get(*name).cloned(), "contexts", name),
         ["machines", uuid, "token"] => machine_token(inner, uuid),
-        ["machines", uuid, "params"] => aggregated_params(inner, uuid),
+        ["machines", uuid, "params"] if inner.serve_params.load(Ordering::SeqCst) => aggregated_params(inner, uuid),
         _ => error(StatusCode::NOT_FOUND, "", "", &format!("sim: no route for {path}")),
     }
 }

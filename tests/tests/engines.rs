@@ -56,6 +56,7 @@ behaviour_suite! {
         options_that_give_the_host_are_gated,
         changed_options_replace_agents_and_bad_ones_are_refused,
         agent_logs_show_the_agents_output_with_tokens_masked,
+        agents_start_where_dr_provision_serves_no_params,
     ]
 }
 

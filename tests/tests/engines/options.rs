@@ -271,3 +271,21 @@ pub async fn changed_options_replace_agents_and_bad_ones_are_refused(w: &mut Wor
     expect(w.action("agentStatus", json!({})).await.map(|(c, _)| (c, json!(null)))?, 200, json!(null))?;
     Ok(())
 }
+
+/// A dr-provision stand-in that serves no machine params (404): agents start with the
+/// plugin's and the Context's layers, and are kept, not replaced, at later settles.
+pub async fn agents_start_where_dr_provision_serves_no_params(w: &mut World) -> anyhow::Result<()> {
+    w.sim.serve_machine_params(false);
+    let image = w.image();
+    w.upload("plain.tar", &image).await?;
+    w.sim.put_context(context_with_options(w, "ctx", &image, &json!({"env": {"CE_PROBE": "no-params"}})));
+    let uuid = unique("m");
+    w.sim.put_machine(World::machine(&uuid, "ctx"));
+    let inspected = inspect_agent(w, &uuid).await?;
+    ensure!(env_of(&inspected).iter().any(|e| e == "CE_PROBE=no-params"), "the Context layer was not applied");
+    w.sim.put_machine(World::machine(&uuid, "ctx"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again = w.wait_agents(1, SETTLE).await?;
+    ensure!(again[0].id == inspected.id, "a settle replaced the agent");
+    Ok(())
+}
