@@ -80,7 +80,7 @@ pub struct Agent {
     /// the next settle.
     pub running: bool,
     /// The digest of the spec it was started with (label `drp.spec`); empty for an agent
-    /// started before specs were digested, which is then never replaced for it.
+    /// started before specs were digested, which an options change then leaves alone.
     pub spec: String,
 }
 
