@@ -1219,10 +1219,16 @@ async fn silent_websocket(f: &mut Fault) -> anyhow::Result<()> {
     const LIMIT: Duration = Duration::from_secs(65 + 15);
     let (_, first, mut want) = one_agent_in_ctx(f).await?;
     let connects = f.w.sim.ws_connects();
+    let registered = f.w.sim.registrations().len();
     let frozen = Instant::now();
     f.w.sim.freeze_websockets();
     f.w.sim.wait_for("a new websocket connection", LIMIT, || (f.w.sim.ws_connects() > connects).then_some(())).await?;
     let took = frozen.elapsed();
+    // An event is heard once the new connection has registered for it (as with
+    // dr-provision, which drops events for topics not yet registered).
+    f.w.sim
+        .wait_for("the new connection's register frames", SETTLE, || (f.w.sim.registrations().len() >= registered + 2).then_some(()))
+        .await?;
     ensure!(took >= Duration::from_secs(40), "reconnected after {took:?}: sooner than any silence limit, so for another reason");
     println!("silent websocket replaced after {took:?}");
     let second = unique("m");
