@@ -172,7 +172,7 @@ async fn agent_logs(plugin: &Plugin, reconciler: &Reconciler, model: &Value, par
         return Err(ApiError::new(404, format!("no agent '{name}' of this plugin on engine '{engine_name}'")));
     }
     let logged = engine.agent_logs(&name, lines).await?;
-    let logged: Vec<String> = logged.iter().map(|line| plugin.redactor.redact(line, &[])).collect();
+    let logged: Vec<String> = logged.iter().map(|line| plugin.redactor.redact(line)).collect();
     Ok(json!({"Name": name, "Engine": engine_name, "Lines": logged}))
 }
 

@@ -102,9 +102,8 @@ pub fn parse_mount_flag(text: &str) -> Result<Mount, String> {
     if mount.target.is_empty() {
         return Err(format!("'{text}' has no target"));
     }
-    let as_options = AgentOptions { mounts: vec![mount], ..AgentOptions::default() };
-    as_options.check().map_err(|e| format!("'{text}': {}", e.why))?;
-    Ok(as_options.mounts.into_iter().next().unwrap_or_else(|| unreachable!("one mount was put in")))
+    mount.check().map_err(|why| format!("'{text}': {why}"))?;
+    Ok(mount)
 }
 
 #[cfg(test)]
