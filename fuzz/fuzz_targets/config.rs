@@ -7,7 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use context_engines::controller::reconciler::Reconciler;
-use context_engines::drp_socket::DrpSocket;
+use context_engines::drp::socket::DrpSocket;
 use context_engines::environment::Environment;
 use context_engines::params::{self, Settings};
 use context_engines::plugin::Plugin;

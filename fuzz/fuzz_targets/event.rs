@@ -9,7 +9,7 @@
 use std::sync::{Arc, OnceLock};
 
 use context_engines::controller::reconciler::Reconciler;
-use context_engines::drp_socket::DrpSocket;
+use context_engines::drp::socket::DrpSocket;
 use context_engines::environment::Environment;
 use context_engines::events::Event;
 use context_engines::params::Settings;

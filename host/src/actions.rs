@@ -171,8 +171,8 @@ async fn agent_logs(plugin: &Plugin, reconciler: &Reconciler, model: &Value, par
     if !is_ours(plugin, engine.as_ref(), &machine.uuid, &name).await? {
         return Err(ApiError::new(404, format!("no agent '{name}' of this plugin on engine '{engine_name}'")));
     }
+    // Tokens an agent printed are masked on the way out, as in every reply.
     let logged = engine.agent_logs(&name, lines).await?;
-    let logged: Vec<String> = logged.iter().map(|line| plugin.redactor.redact(line)).collect();
     Ok(json!({"Name": name, "Engine": engine_name, "Lines": logged}))
 }
 
@@ -243,8 +243,10 @@ impl From<ImageError> for ApiError {
 fn image_error_code(e: &ImageError) -> u16 {
     match e {
         ImageError::BadPath { .. } | ImageError::BadChecksum(_) => 400,
-        ImageError::Download { .. } => 502,
+        ImageError::Download { .. } | ImageError::Untrusted { .. } => 502,
         ImageError::Read { .. } => 404,
+        ImageError::TooLarge { .. } => 413,
+        ImageError::NoSpace { .. } => 507,
         ImageError::ChecksumMismatch { .. } => 422,
         ImageError::Engine(engine) => engine_error_code(engine),
         ImageError::Shared(inner) => image_error_code(inner),

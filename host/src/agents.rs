@@ -166,7 +166,7 @@ pub async fn prepare(
     check_image(agent)?;
     let token = async {
         let token = plugin.drp.machine_token(&agent.machine).await?;
-        plugin.redactor.add(&token);
+        crate::redact::secrets().add(&token);
         Ok::<_, AgentError>(token)
     };
     let options = options_for(plugin, agent, context);

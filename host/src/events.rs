@@ -84,14 +84,14 @@ async fn session(plugin: &Plugin, reconciler: &Arc<Reconciler>) -> Result<(), St
         let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| "RS_TOKEN is not a valid header value")?;
         request.headers_mut().insert("Authorization", value);
     }
-    let connector = tokio_tungstenite::Connector::Rustls(tls::accept_any_client_config());
+    let connector = tokio_tungstenite::Connector::Rustls(Arc::new(plugin.drp.trust.client_config()));
     let (mut ws, _) = tokio::time::timeout(
         Duration::from_secs(30),
         tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector)),
     )
     .await
     .map_err(|_| format!("connecting to {url} timed out"))?
-    .map_err(|e| format!("connecting to {url}: {e}"))?;
+    .map_err(|e| format!("connecting to {url}: {}", tls::certificate_problem(&e).unwrap_or_else(|| tls::error_chain(&e))))?;
     for subscription in SUBSCRIPTIONS {
         ws.send(Message::text(*subscription)).await.map_err(|e| format!("subscribing: {e}"))?;
     }

@@ -6,7 +6,6 @@ pub mod agents;
 pub mod api_error;
 pub mod controller;
 pub mod drp;
-pub mod drp_socket;
 pub mod engine;
 pub mod engines;
 pub mod environment;

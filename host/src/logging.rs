@@ -15,7 +15,7 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::drp_socket::{DrpSocket, now_rfc3339};
+use crate::drp::socket::{DrpSocket, now_rfc3339};
 
 const QUEUE: usize = 1024;
 
@@ -71,11 +71,27 @@ impl Visit for MessageVisitor {
     }
 }
 
+/// Stderr with every known token masked. The formatter hands over one whole line per
+/// write, so a token is never split across two writes.
+struct RedactedStderr;
+
+impl std::io::Write for RedactedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let line = crate::redact::secrets().redact(&String::from_utf8_lossy(buf));
+        std::io::stderr().lock().write_all(line.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 /// Installs the stderr logger and the (not yet connected) forwarding layer.
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter))
+        .with(tracing_subscriber::fmt::layer().with_writer(|| RedactedStderr).with_filter(filter))
         .with(ForwardLayer)
         .try_init();
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use context_engines::drp_socket::DrpSocket;
+use context_engines::drp::socket::DrpSocket;
 use context_engines::environment::Environment;
 use context_engines::params::Settings;
 use context_engines::plugin::Plugin;

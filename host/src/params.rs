@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
+use crate::drp::trust::TrustSettings;
 use crate::environment::Environment;
+use crate::images::trust::insecure_host;
 use crate::options::AgentOptions;
 use crate::options::gate::Allowed;
 use crate::options::layers::PluginLayers;
@@ -28,6 +30,12 @@ pub const RESYNC_SECS: &str = "context-engines/resync-secs";
 pub const AGENT_OPTIONS: &str = "context-engines/agent-options";
 pub const AGENT_OPTIONS_ENFORCED: &str = "context-engines/agent-options-enforced";
 pub const AGENT_OPTIONS_ALLOWED: &str = "context-engines/agent-options-allowed";
+pub const DRP_CA: &str = "context-engines/drp-ca";
+pub const DRP_CERT_SHA256: &str = "context-engines/drp-cert-sha256";
+pub const INSECURE_HOSTS: &str = "context-engines/insecure-hosts";
+pub const ENGINE_SHA256: &str = "context-engines/engine-sha256";
+pub const MAX_ARCHIVE_MB: &str = "context-engines/max-archive-mb";
+pub const DEFAULT_MAX_ARCHIVE_MB: u64 = 16_384;
 
 /// All plugin params, in the order `define` lists them.
 pub const ALL: &[&str] = &[
@@ -45,6 +53,11 @@ pub const ALL: &[&str] = &[
     AGENT_OPTIONS,
     AGENT_OPTIONS_ENFORCED,
     AGENT_OPTIONS_ALLOWED,
+    DRP_CA,
+    DRP_CERT_SHA256,
+    INSECURE_HOSTS,
+    ENGINE_SHA256,
+    MAX_ARCHIVE_MB,
 ];
 
 // Action params.
@@ -82,6 +95,13 @@ pub struct Settings {
     pub resync_secs: u64,
     /// Agent options of the plugin's own layers, and the gate for the others.
     pub agent_options: PluginLayers,
+    /// How dr-provision's certificate is verified.
+    pub drp_trust: TrustSettings,
+    /// Hosts whose certificate an image download does not check (lowercase).
+    pub insecure_hosts: Vec<String>,
+    /// Engine name → SHA-256 of its file; when set, the only WASM engines that load.
+    pub engine_sha256: Option<BTreeMap<String, String>>,
+    pub max_archive_mb: u64,
 }
 
 impl Settings {
@@ -105,7 +125,7 @@ impl Settings {
             endpoints,
             engine_config: engine_config(params)?,
             agent_network: optional_string(params, AGENT_NETWORK)?.unwrap_or_else(|| "host".to_string()),
-            drpcli: optional_string(params, DRPCLI)?.map(PathBuf::from),
+            drpcli: optional_string(params, DRPCLI)?.map(|path| executable_file(DRPCLI, path)).transpose()?,
             max_parallel: usize::try_from(max_parallel).unwrap_or(usize::MAX),
             wasm_deadline_ms: positive(params, WASM_DEADLINE_MS, 30_000)?,
             wasm_memory_mb: positive(params, WASM_MEMORY_MB, 64)?,
@@ -116,6 +136,16 @@ impl Settings {
                 allowed: Allowed::from_list(&string_list(params, AGENT_OPTIONS_ALLOWED)?)
                     .map_err(|why| ParamError::Invalid { name: AGENT_OPTIONS_ALLOWED.to_string(), why })?,
             },
+            drp_trust: TrustSettings::from_params(
+                optional_string(params, DRP_CA)?.as_deref(),
+                optional_string(params, DRP_CERT_SHA256)?.as_deref(),
+            )?,
+            insecure_hosts: string_list(params, INSECURE_HOSTS)?
+                .iter()
+                .map(|entry| insecure_host(entry).map_err(|why| ParamError::Invalid { name: INSECURE_HOSTS.to_string(), why }))
+                .collect::<Result<_, _>>()?,
+            engine_sha256: engine_sha256(params)?,
+            max_archive_mb: at_most(MAX_ARCHIVE_MB, positive(params, MAX_ARCHIVE_MB, DEFAULT_MAX_ARCHIVE_MB)?, 1 << 30)?,
         })
     }
 
@@ -221,6 +251,40 @@ fn string_list(params: &Map<String, Value>, name: &str) -> Result<Vec<String>, P
         Some(Value::String(s)) => Ok(s.split_whitespace().map(str::to_string).collect()),
         Some(other) => Err(wrong_type(name, "a list of strings", other)),
     }
+}
+
+/// The `drpcli` the agents get bind-mounted: a path that is not an executable file
+/// would have Docker create a directory there, and every agent crash-loop.
+fn executable_file(name: &str, path: String) -> Result<PathBuf, ParamError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let invalid = |why: String| ParamError::Invalid { name: name.to_string(), why };
+    let meta = std::fs::metadata(&path).map_err(|e| invalid(format!("'{path}': {e}")))?;
+    if !meta.is_file() {
+        return Err(invalid(format!("'{path}' is not a regular file")));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(invalid(format!("'{path}' is not executable")));
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// `engine-sha256`: engine name → SHA-256 of its file. Absent or null: no provenance
+/// check; an empty object: no WASM engine but the bundled ones loads.
+fn engine_sha256(params: &Map<String, Value>) -> Result<Option<BTreeMap<String, String>>, ParamError> {
+    let Some(value) = params.get(ENGINE_SHA256).filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let Value::Object(map) = value else {
+        return Err(wrong_type(ENGINE_SHA256, "an object of engine name to SHA-256", value));
+    };
+    map.iter()
+        .map(|(engine, digest)| {
+            let invalid = |why: String| ParamError::Invalid { name: ENGINE_SHA256.to_string(), why: format!("engine '{engine}': {why}") };
+            let digest = digest.as_str().ok_or_else(|| invalid(format!("must be a string, got {}", type_name(digest))))?;
+            Ok((engine.clone(), crate::tls::parse_sha256(digest).map_err(invalid)?))
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
 }
 
 fn engine_config(params: &Map<String, Value>) -> Result<BTreeMap<String, Map<String, Value>>, ParamError> {

@@ -5,11 +5,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use crate::drp::DrpClient;
-use crate::drp_socket::DrpSocket;
+use crate::drp::socket::DrpSocket;
 use crate::environment::Environment;
 use crate::images::Images;
 use crate::params::Settings;
-use crate::redact::Redactor;
 use crate::registry::Registry;
 
 pub struct Plugin {
@@ -18,28 +17,32 @@ pub struct Plugin {
     pub socket: DrpSocket,
     pub registry: Registry,
     pub images: Arc<Images>,
-    /// The tokens the plugin holds or fetched, masked in agent logs.
-    pub redactor: Redactor,
     settings: RwLock<Arc<Settings>>,
 }
 
 impl Plugin {
     pub fn new(env: Environment, socket: DrpSocket, settings: Settings, scratch: PathBuf) -> anyhow::Result<Plugin> {
         let registry = Registry::default();
-        registry.configure(&settings);
-        let redactor = Redactor::default();
         if let Some(token) = &env.token {
-            redactor.add(token);
+            crate::redact::secrets().add(token);
         }
-        Ok(Plugin {
-            redactor,
+        let plugin = Plugin {
             drp: DrpClient::new(&env)?,
             images: Arc::new(Images::new(env.clone(), scratch.join("spool"))?),
             env,
             socket,
             registry,
-            settings: RwLock::new(Arc::new(settings)),
-        })
+            settings: RwLock::new(Arc::new(settings.clone())),
+        };
+        plugin.apply(&settings);
+        Ok(plugin)
+    }
+
+    /// Hands each service its part of the settings.
+    fn apply(&self, settings: &Settings) {
+        self.registry.configure(settings);
+        self.drp.trust.configure(&settings.drp_trust);
+        self.images.configure(settings);
     }
 
     /// A snapshot: callers see one consistent set of settings for a whole operation.
@@ -49,7 +52,7 @@ impl Plugin {
 
     /// Applies new settings in place; returns the previous ones.
     pub fn reconfigure(&self, settings: Settings) -> Arc<Settings> {
-        self.registry.configure(&settings);
+        self.apply(&settings);
         let mut current = self.settings.write().unwrap_or_else(|p| p.into_inner());
         std::mem::replace(&mut *current, Arc::new(settings))
     }

@@ -169,8 +169,11 @@ async fn read_capped(mut body: Incoming) -> Result<Vec<u8>, ApiError> {
     Ok(kept)
 }
 
+/// Every reply, masked: an action result or Error may quote what an agent or engine
+/// said, and that may hold a token.
 fn reply(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".to_string());
+    let bytes = crate::redact::secrets().redact(&text).into_bytes();
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = status;
     response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));

@@ -165,6 +165,10 @@ impl Registry {
         }
     }
 
+    pub fn has_native(&self, name: &str) -> bool {
+        self.native.read().unwrap_or_else(|p| p.into_inner()).contains_key(name)
+    }
+
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.native.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         names.extend(self.wasm.read().unwrap_or_else(|p| p.into_inner()).keys().cloned());

@@ -53,6 +53,11 @@ pub fn wasm_engines() -> PathBuf {
     dir
 }
 
+/// The `docker-api` engine's settings for the Engine API at `authority`.
+pub fn docker_api_at(authority: &str) -> Value {
+    json!({"base-url": format!("http://{authority}"), "allowed-hosts": [authority]})
+}
+
 /// The Engine API of each runtime on loopback TCP (scripts/runtimes.sh), for WASM engines.
 pub const DOCKER_TCP: &str = "127.0.0.1:23750";
 pub const PODMAN_TCP: &str = "127.0.0.1:23760";
@@ -135,6 +140,8 @@ pub struct World {
     pub under_test: EngineUnderTest,
     pub runtime: Docker,
     pub fixtures: PathBuf,
+    /// Params a test adds to (or puts in place of) `params`' own at every start.
+    pub extra_params: serde_json::Map<String, Value>,
 }
 
 impl World {
@@ -157,7 +164,16 @@ impl World {
         for file in ["plain.tar", "plain.tar.gz", "baked.tar", "baked.tar.gz"] {
             crate::archive::copy_for_world(&fixtures.join(file), &served.join(file), &plugin_name)?;
         }
-        let mut world = World { sim, plugin: None, plugin_name, engine: under_test.engine.to_string(), under_test, runtime, fixtures };
+        let mut world = World {
+            sim,
+            plugin: None,
+            plugin_name,
+            engine: under_test.engine.to_string(),
+            under_test,
+            runtime,
+            fixtures,
+            extra_params: serde_json::Map::new(),
+        };
         world.start_plugin().await?;
         Ok(world)
     }
@@ -165,7 +181,7 @@ impl World {
     /// The params every test starts from: its own plugin name, the engine under test as
     /// default, agents reporting to the simulator, and the test drpcli injected.
     pub fn params(&self) -> Value {
-        json!({
+        let mut params = json!({
             "context-engines/plugin-name": self.plugin_name,
             "context-engines/default-engine": self.engine,
             "context-engines/endpoints": [self.sim.file_url()],
@@ -176,7 +192,11 @@ impl World {
                 self.engine.clone(): self.under_test.config,
             },
             "context-engines/max-parallel": 8,
-        })
+        });
+        if let Some(params) = params.as_object_mut() {
+            params.extend(self.extra_params.clone());
+        }
+        params
     }
 
     pub async fn start_plugin(&mut self) -> anyhow::Result<()> {

@@ -906,7 +906,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::drp_socket::DrpSocket;
+    use crate::drp::socket::DrpSocket;
     use crate::engine::{AgentSpec, EngineError, EngineInfo};
     use crate::environment::Environment;
     use crate::params::Settings;

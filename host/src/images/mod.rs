@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_compression::tokio::bufread::GzipDecoder;
@@ -15,8 +15,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 mod reference;
+pub mod trust;
 
 pub use reference::{ImageRef, check_reference};
+use trust::DownloadTrust;
 
 use crate::engine::{ArchiveStream, Engine, EngineError};
 use crate::environment::Environment;
@@ -31,6 +33,15 @@ pub enum ImageError {
     BadPath { path: String, why: String },
     #[error("downloading image archive {url} failed: {cause}")]
     Download { url: String, cause: String },
+    #[error(
+        "downloading image archive {url} failed: the certificate of {host} is not trusted ({why}); to download from it anyway, list '{host}' in {param}",
+        param = crate::params::INSECURE_HOSTS
+    )]
+    Untrusted { url: String, host: String, why: String },
+    #[error("image archive {source_name} is larger than {param} allows ({limit_mb} MiB): refused", param = crate::params::MAX_ARCHIVE_MB)]
+    TooLarge { source_name: String, limit_mb: u64 },
+    #[error("spooling image archive {source_name} would leave {dir} with less than {reserve_mib} MiB free ({free_mib} MiB free, the archive is {size}): refused", reserve_mib = SPOOL_RESERVE >> 20)]
+    NoSpace { source_name: String, dir: String, free_mib: u64, size: String },
     #[error("reading image archive {path} failed: {cause}")]
     Read { path: String, cause: String },
     #[error("image archive {source_name} has sha256 {actual}, but the Context's Checksum is {expected}: rejected")]
@@ -50,10 +61,18 @@ impl ImageError {
     /// params): the next event or resync tries again.
     pub fn is_permanent(&self) -> bool {
         match self {
-            ImageError::BadPath { .. } | ImageError::BadChecksum(_) | ImageError::ChecksumMismatch { .. } => true,
+            ImageError::BadPath { .. }
+            | ImageError::BadChecksum(_)
+            | ImageError::ChecksumMismatch { .. }
+            | ImageError::Untrusted { .. }
+            | ImageError::TooLarge { .. } => true,
             ImageError::Engine(EngineError::Misconfigured { .. }) => true,
             ImageError::Shared(inner) => inner.is_permanent(),
-            ImageError::Download { .. } | ImageError::Read { .. } | ImageError::Engine(_) | ImageError::Aborted(_) => false,
+            ImageError::Download { .. }
+            | ImageError::Read { .. }
+            | ImageError::NoSpace { .. }
+            | ImageError::Engine(_)
+            | ImageError::Aborted(_) => false,
         }
     }
 }
@@ -92,9 +111,16 @@ impl ArchiveSource {
 
 type MergedLoad = Shared<BoxFuture<'static, Result<(), Arc<ImageError>>>>;
 
+/// Free space a spool must leave on its filesystem: the plugin is not the only thing
+/// on the dr-provision host that needs disk.
+const SPOOL_RESERVE: u64 = 1 << 30;
+
 pub struct Images {
     env: Environment,
     http: reqwest::Client,
+    trust: Arc<DownloadTrust>,
+    /// `max-archive-mb` in bytes, for the archive as read and as the engine gets it.
+    max_archive_bytes: AtomicU64,
     spool_dir: PathBuf,
     in_flight: Mutex<HashMap<String, MergedLoad>>,
     /// One archive at a time into each engine. A load is "load, then tag what the
@@ -105,14 +131,28 @@ pub struct Images {
 
 impl Images {
     pub fn new(env: Environment, spool_dir: PathBuf) -> Result<Images, reqwest::Error> {
+        let trust = Arc::new(DownloadTrust::from_system());
         // No overall timeout: archives are large. Connect and idle stalls still fail.
         let http = reqwest::Client::builder()
-            .danger_accept_invalid_certs(true)
+            .use_preconfigured_tls(trust.client_config())
             .connect_timeout(std::time::Duration::from_secs(30))
             .read_timeout(std::time::Duration::from_secs(120))
             .build()?;
         remove_leftover_spool(&spool_dir);
-        Ok(Images { env, http, spool_dir, in_flight: Mutex::new(HashMap::new()), engine_turns: Mutex::new(HashMap::new()) })
+        Ok(Images {
+            env,
+            http,
+            trust,
+            max_archive_bytes: AtomicU64::new(crate::params::DEFAULT_MAX_ARCHIVE_MB << 20),
+            spool_dir,
+            in_flight: Mutex::new(HashMap::new()),
+            engine_turns: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn configure(&self, settings: &crate::params::Settings) {
+        self.trust.set_insecure_hosts(&settings.insecure_hosts);
+        self.max_archive_bytes.store(settings.max_archive_mb.saturating_mul(1 << 20), Ordering::Relaxed);
     }
 
     /// `context/image-path` → a source: an http(s) URL, or a path relative to the file
@@ -197,7 +237,10 @@ impl Images {
                 Some(path) => self.open(&ArchiveSource::File(path.clone())).await?,
                 None => self.open(source).await?,
             };
-            engine.image_load(image, gunzip(raw).await?).await?;
+            // Bounded as read and as unpacked: a small gzip can unpack to anything.
+            let limit = self.limit(source);
+            let archive = limit.bound(gunzip(limit.bound(raw.stream)).await?);
+            engine.image_load(image, archive).await.map_err(|e| limit.explain(e.into()))?;
             if let Some(expected) = &expected {
                 engine.image_tag(image, &checksum_marker(expected)).await?;
             }
@@ -225,20 +268,35 @@ impl Images {
         Ok(image_id.is_some() && image_id == marker_id)
     }
 
-    async fn open(&self, source: &ArchiveSource) -> Result<ArchiveStream, ImageError> {
+    fn limit(&self, source: &ArchiveSource) -> Limit {
+        Limit { max: self.max_archive_bytes.load(Ordering::Relaxed), source_name: source.describe(), exceeded: Arc::default() }
+    }
+
+    async fn open(&self, source: &ArchiveSource) -> Result<Opened, ImageError> {
         match source {
             ArchiveSource::File(path) => {
                 let file = tokio::fs::File::open(path).await.map_err(|e| read_error(path, e))?;
-                Ok(Box::pin(ReaderStream::new(file)))
+                let size = file.metadata().await.ok().map(|m| m.len());
+                Ok(Opened { stream: Box::pin(ReaderStream::new(file)), size })
             }
             ArchiveSource::Url(url) => {
-                let download = |cause: String| ImageError::Download { url: url.clone(), cause };
-                let response = self.http.get(url).send().await.map_err(|e| download(e.without_url().to_string()))?;
+                let response = self.http.get(url).send().await.map_err(|e| self.download_error(url, e))?;
                 if !response.status().is_success() {
-                    return Err(download(format!("HTTP {}", response.status())));
+                    return Err(ImageError::Download { url: url.clone(), cause: format!("HTTP {}", response.status()) });
                 }
-                Ok(Box::pin(response.bytes_stream().map_err(std::io::Error::other)))
+                let size = response.content_length();
+                Ok(Opened { stream: Box::pin(response.bytes_stream().map_err(std::io::Error::other)), size })
             }
+        }
+    }
+
+    /// A refused certificate is told as such, naming the param that would let it pass:
+    /// the HTTP client's own text says only that sending failed.
+    fn download_error(&self, url: &str, error: reqwest::Error) -> ImageError {
+        let host = error.url().and_then(|u| u.host_str()).unwrap_or(url).trim_start_matches('[').trim_end_matches(']').to_string();
+        match crate::tls::certificate_problem(&error) {
+            Some(why) if !self.trust.is_insecure(&host) => ImageError::Untrusted { url: url.to_string(), host, why },
+            _ => ImageError::Download { url: url.to_string(), cause: crate::tls::error_chain(&error.without_url()) },
         }
     }
 
@@ -246,8 +304,14 @@ impl Images {
     /// of that sha256 is kept.
     async fn spool(&self, source: &ArchiveSource, expected: Option<&str>) -> Result<PathBuf, ImageError> {
         static SPOOLED: AtomicU64 = AtomicU64::new(0);
-        let mut raw = self.open(source).await?;
+        let opened = self.open(source).await?;
         tokio::fs::create_dir_all(&self.spool_dir).await.map_err(|e| read_error(&self.spool_dir, e))?;
+        let limit = self.limit(source);
+        if opened.size.is_some_and(|size| size > limit.max) {
+            return Err(limit.refusal());
+        }
+        self.check_free_space(source, opened.size)?;
+        let mut raw = limit.bound(opened.stream);
         let n = SPOOLED.fetch_add(1, Ordering::Relaxed);
         let path = self.spool_dir.join(format!("archive-{}-{n}.tar", std::process::id()));
         let mut file = tokio::fs::File::create(&path).await.map_err(|e| read_error(&path, e))?;
@@ -266,11 +330,67 @@ impl Images {
         if copied.is_err() || mismatch.is_some() {
             let _ = tokio::fs::remove_file(&path).await;
         }
-        copied?;
+        copied.map_err(|e| limit.explain(e))?;
         if let Some(expected) = mismatch {
             return Err(ImageError::ChecksumMismatch { source_name: source.describe(), expected: expected.to_string(), actual });
         }
         Ok(path)
+    }
+}
+
+/// An archive opened for reading, with its size when the source tells it.
+struct Opened {
+    stream: ArchiveStream,
+    size: Option<u64>,
+}
+
+/// `max-archive-mb` applied to one load's streams.
+struct Limit {
+    max: u64,
+    source_name: String,
+    /// Set when a stream went over, so an engine's or a write's error that followed is
+    /// reported as what it was.
+    exceeded: Arc<AtomicBool>,
+}
+
+impl Limit {
+    /// `stream`, failing once more than the limit has passed through it.
+    fn bound(&self, stream: ArchiveStream) -> ArchiveStream {
+        let (max, exceeded) = (self.max, Arc::clone(&self.exceeded));
+        let mut seen: u64 = 0;
+        Box::pin(stream.map(move |chunk| {
+            let chunk = chunk?;
+            seen = seen.saturating_add(chunk.len() as u64);
+            if seen > max {
+                exceeded.store(true, Ordering::Relaxed);
+                return Err(std::io::Error::other(format!("the archive is larger than {} MiB", max >> 20)));
+            }
+            Ok(chunk)
+        }))
+    }
+
+    fn refusal(&self) -> ImageError {
+        ImageError::TooLarge { source_name: self.source_name.clone(), limit_mb: self.max >> 20 }
+    }
+
+    fn explain(&self, error: ImageError) -> ImageError {
+        if self.exceeded.load(Ordering::Relaxed) { self.refusal() } else { error }
+    }
+}
+
+impl Images {
+    fn check_free_space(&self, source: &ArchiveSource, size: Option<u64>) -> Result<(), ImageError> {
+        let Ok(stat) = rustix::fs::statvfs(&self.spool_dir) else { return Ok(()) };
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free.saturating_sub(size.unwrap_or(0)) >= SPOOL_RESERVE {
+            return Ok(());
+        }
+        Err(ImageError::NoSpace {
+            source_name: source.describe(),
+            dir: self.spool_dir.display().to_string(),
+            free_mib: free >> 20,
+            size: size.map_or_else(|| "of unknown size".to_string(), |size| format!("{} MiB", size >> 20)),
+        })
     }
 }
 

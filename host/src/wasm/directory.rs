@@ -2,7 +2,8 @@
 //! first config and then every second; a file added, replaced or removed takes effect
 //! without a restart. A file that fails to load is reported (log and `enginesList`) and
 //! changes nothing else. A replaced engine's in-flight calls finish on the old version,
-//! which lives as long as they hold it.
+//! which lives as long as they hold it. A file `provenance` does not admit is refused
+//! the same way, before it is compiled.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,10 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
+use sha2::{Digest as _, Sha256};
+
 use super::engine::WasmEngine;
+use super::provenance;
 use super::runtime::WasmRuntime;
 use crate::controller::reconciler::Reconciler;
 use crate::plugin::Plugin;
@@ -34,11 +38,14 @@ enum Slot {
 pub struct EngineDirectory {
     runtime: Arc<WasmRuntime>,
     known: Mutex<BTreeMap<String, (Fingerprint, Arc<Slot>)>>,
+    /// The `engine-sha256` the known files were admitted under: another one judges
+    /// every file again.
+    admitted_under: Mutex<Option<BTreeMap<String, String>>>,
 }
 
 impl EngineDirectory {
     pub fn new(runtime: Arc<WasmRuntime>) -> EngineDirectory {
-        EngineDirectory { runtime, known: Mutex::new(BTreeMap::new()) }
+        EngineDirectory { runtime, known: Mutex::new(BTreeMap::new()), admitted_under: Mutex::new(None) }
     }
 
     /// Brings the registry in line with the directory. `None` when nothing changed;
@@ -50,7 +57,15 @@ impl EngineDirectory {
             None => BTreeMap::new(),
         };
         let mut changed = false;
-        let previous: BTreeMap<String, (Fingerprint, Arc<Slot>)> = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut previous: BTreeMap<String, (Fingerprint, Arc<Slot>)> = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        {
+            let mut admitted_under = self.admitted_under.lock().unwrap_or_else(|p| p.into_inner());
+            if *admitted_under != settings.engine_sha256 {
+                *admitted_under = settings.engine_sha256.clone();
+                changed = !previous.is_empty();
+                previous.clear();
+            }
+        }
         let mut next = BTreeMap::new();
         for (name, (path, fingerprint)) in present {
             if let Some((old, slot)) = previous.get(&name).filter(|(old, _)| *old == fingerprint) {
@@ -85,10 +100,21 @@ impl EngineDirectory {
     }
 
     async fn load(&self, plugin: &Plugin, name: &str, path: &Path) -> Slot {
+        let bytes = match tokio::fs::read(path).await {
+            Ok(bytes) => bytes,
+            Err(e) => return Slot::Broken(format!("reading {}: {e}", path.display())),
+        };
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let listed = plugin.settings().engine_sha256.clone();
+        if let Err(why) = provenance::admit(name, &sha256, listed.as_ref(), plugin.registry.has_native(name)) {
+            tracing::warn!("engine '{name}' not loaded: {why}");
+            return Slot::Broken(why);
+        }
         let runtime = Arc::clone(&self.runtime);
-        let file = path.to_path_buf();
-        // Compiling is CPU-heavy: keep it off the async workers.
-        let loaded = tokio::task::spawn_blocking(move || runtime.load(&file)).await;
+        let display = path.display().to_string();
+        // Compiling is CPU-heavy: keep it off the async workers. The bytes compiled are
+        // the bytes admitted: the file may change meanwhile.
+        let loaded = tokio::task::spawn_blocking(move || runtime.load_bytes(&display, &bytes)).await;
         match loaded {
             Ok(Ok(loaded)) => {
                 let settings = plugin.settings();

@@ -48,7 +48,8 @@ impl DrpSocket {
         let uri: hyper::Uri = Uri::new(&self.path, &format!("/api-server-plugin/v4/{verb}")).into();
         let request = hyper::Request::post(uri)
             .header("Content-Type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
+            // Lines and events may quote an engine or an agent, which may quote a token.
+            .body(Full::new(Bytes::from(crate::redact::secrets().redact(&body.to_string()))))
             .map_err(|e| e.to_string())?;
         let send = async {
             let response = self.client.request(request).await.map_err(|e| e.to_string())?;

@@ -1,5 +1,8 @@
 //! The dr-provision REST API client: machines, contexts and machine tokens, over HTTPS
-//! with dr-provision's usually self-signed certificate (accepted, as the Go client does).
+//! with dr-provision's usually self-signed certificate, believed as `trust` decides.
+
+pub mod socket;
+pub mod trust;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -7,7 +10,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use std::sync::Arc;
+
 use crate::environment::Environment;
+use crate::tls;
+use trust::DrpTrust;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -85,6 +92,8 @@ pub enum DrpError {
 #[derive(Clone)]
 pub struct DrpClient {
     http: reqwest::Client,
+    /// Shared with the event stream's websocket: one pin for every connection.
+    pub trust: Arc<DrpTrust>,
     endpoint: Option<String>,
     token: Option<String>,
     /// Unit tests' stand-in for dr-provision: every machine token is this, and nothing
@@ -101,9 +110,11 @@ struct TokenReply {
 
 impl DrpClient {
     pub fn new(env: &Environment) -> Result<DrpClient, reqwest::Error> {
-        let http = reqwest::Client::builder().danger_accept_invalid_certs(true).timeout(REQUEST_TIMEOUT).build()?;
+        let trust = Arc::new(DrpTrust::default());
+        let http = reqwest::Client::builder().use_preconfigured_tls(trust.client_config()).timeout(REQUEST_TIMEOUT).build()?;
         Ok(DrpClient {
             http,
+            trust,
             endpoint: env.endpoint.clone(),
             token: env.token.clone(),
             #[cfg(test)]
@@ -154,7 +165,10 @@ impl DrpClient {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let transport = |e: reqwest::Error| DrpError::Transport { path: path.to_string(), cause: e.without_url().to_string() };
+        let transport = |e: reqwest::Error| {
+            let cause = tls::certificate_problem(&e).unwrap_or_else(|| tls::error_chain(&e.without_url()));
+            DrpError::Transport { path: path.to_string(), cause }
+        };
         let response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
         let body = response.bytes().await.map_err(transport)?;

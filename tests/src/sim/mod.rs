@@ -25,7 +25,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::CertificateDer;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
@@ -38,6 +38,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
+
+mod tls;
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -77,7 +79,7 @@ pub struct AgentReport {
 #[derive(Clone)]
 pub struct Sim {
     inner: Arc<Inner>,
-    _guard: Arc<Guard>,
+    guard: Arc<Guard>,
 }
 
 struct Inner {
@@ -98,7 +100,11 @@ struct Inner {
     webroot: PathBuf,
     scratch: PathBuf,
     plugin_sock: PathBuf,
-    cert_der: CertificateDer<'static>,
+    tls: tls::ApiTls,
+    https_file_addr: SocketAddr,
+    /// Every open API connection (websockets included) ends when this is cancelled;
+    /// `rotate_cert` does, as a restarted dr-provision would.
+    api_connections: Mutex<CancellationToken>,
 }
 
 #[derive(Default)]
@@ -173,9 +179,12 @@ impl Sim {
         let webroot = webroot.canonicalize().context("canonicalizing sim webroot")?;
         let plugin_sock = root.join("plugin.sock");
 
-        let (cert_der, acceptor) = make_tls()?;
+        let api_tls = tls::ApiTls::new()?;
+        let acceptor = api_tls.acceptor.clone();
         let api = TcpListener::bind("127.0.0.1:0").await.context("binding sim API port")?;
         let files = TcpListener::bind("127.0.0.1:0").await.context("binding sim file port")?;
+        let https_files = TcpListener::bind("127.0.0.1:0").await.context("binding sim https file port")?;
+        let cancel = CancellationToken::new();
         let unix = UnixListener::bind(&plugin_sock).with_context(|| format!("binding {}", plugin_sock.display()))?;
 
         let inner = Arc::new(Inner {
@@ -191,16 +200,18 @@ impl Sim {
             webroot,
             scratch,
             plugin_sock,
-            cert_der,
+            tls: api_tls,
+            https_file_addr: https_files.local_addr()?,
+            api_connections: Mutex::new(cancel.child_token()),
         });
-        let cancel = CancellationToken::new();
         let tasks = vec![
-            tokio::spawn(accept_api(api, acceptor, inner.clone(), cancel.clone())),
-            tokio::spawn(accept_files(files, inner.clone(), cancel.clone())),
+            tokio::spawn(accept_api(api, acceptor, inner.clone())),
+            tokio::spawn(accept_files(files, None, inner.clone(), cancel.clone())),
+            tokio::spawn(accept_files(https_files, Some(tls::self_signed_acceptor()?), inner.clone(), cancel.clone())),
             tokio::spawn(accept_plugin(unix, inner.clone(), cancel.clone())),
         ];
         let guard = Guard { cancel, tasks, root: root.to_path_buf() };
-        Ok(Sim { inner, _guard: Arc::new(guard) })
+        Ok(Sim { inner, guard: Arc::new(guard) })
     }
 
     pub fn api_url(&self) -> String {
@@ -227,15 +238,44 @@ impl Sim {
         self.inner.scratch.clone()
     }
 
-    /// DER of the API's self-signed certificate (SANs 127.0.0.1 and localhost).
-    pub fn cert_der(&self) -> CertificateDer<'static> {
-        self.inner.cert_der.clone()
+    /// The same files as `file_url`, over https with a self-signed certificate that
+    /// no CA vouches for.
+    pub fn https_file_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.inner.https_file_addr.port())
     }
 
-    /// A client config (ring provider) that trusts exactly the sim's certificate.
+    /// DER of the API's current certificate (SANs 127.0.0.1 and localhost).
+    pub fn cert_der(&self) -> CertificateDer<'static> {
+        self.inner.tls.leaf.current_der()
+    }
+
+    /// The CA that signed the API's certificate, in PEM.
+    pub fn ca_pem(&self) -> String {
+        self.inner.tls.ca.pem()
+    }
+
+    /// The API presents a new certificate from the same CA, and every open API
+    /// connection (websockets included) is closed: a dr-provision restarted with a new
+    /// certificate, or someone else answering in its place.
+    pub fn rotate_cert(&self) -> anyhow::Result<()> {
+        self.inner.tls.rotate()?;
+        self.drop_websockets();
+        let mut connections = self.inner.api_connections.lock().unwrap_or_else(|p| p.into_inner());
+        connections.cancel();
+        *connections = self.guard.cancel.child_token();
+        Ok(())
+    }
+
+    /// A CA in PEM that vouches for nothing the sim serves.
+    pub fn unrelated_ca_pem() -> anyhow::Result<String> {
+        Ok(tls::SimCa::new()?.pem())
+    }
+
+    /// A client config (ring provider) that trusts the sim's CA.
     pub fn tls_client_config(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.cert_der()).context("adding sim cert to root store")?;
+        let ca = rustls::pki_types::pem::PemObject::from_pem_slice(self.ca_pem().as_bytes()).context("CA PEM")?;
+        roots.add(ca).context("adding sim CA to root store")?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -435,23 +475,6 @@ fn make_temp_root() -> anyhow::Result<PathBuf> {
     Ok(root)
 }
 
-fn make_tls() -> anyhow::Result<(CertificateDer<'static>, TlsAcceptor)> {
-    let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
-    let certified = rcgen::generate_simple_self_signed(names).context("generating sim cert")?;
-    let cert = certified.cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("server TLS versions")?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key)
-        .context("sim server cert")?;
-    // The server speaks HTTP/1.1 only; advertising it keeps h2-capable clients off h2.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok((cert, TlsAcceptor::from(Arc::new(config))))
-}
-
 fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rustls::crypto::ring::default_provider().secure_random.fill(&mut buf).expect("sim: system RNG failed");
@@ -500,12 +523,14 @@ where
     }
 }
 
-async fn accept_api(listener: TcpListener, tls: TlsAcceptor, inner: Arc<Inner>, cancel: CancellationToken) {
+/// Each connection ends with `api_connections` (a child of the sim's own cancel).
+async fn accept_api(listener: TcpListener, tls: TlsAcceptor, inner: Arc<Inner>) {
     loop {
         let Some(tcp) = accept_tcp(&listener).await else {
             continue;
         };
-        let (tls, inner, cancel) = (tls.clone(), inner.clone(), cancel.clone());
+        let connection = inner.api_connections.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (tls, inner, cancel) = (tls.clone(), inner.clone(), connection);
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await {
                 Ok(Ok(s)) => s,
@@ -518,13 +543,27 @@ async fn accept_api(listener: TcpListener, tls: TlsAcceptor, inner: Arc<Inner>, 
     }
 }
 
-async fn accept_files(listener: TcpListener, inner: Arc<Inner>, cancel: CancellationToken) {
+/// The file server, plain or (with `tls`) https.
+async fn accept_files(listener: TcpListener, tls: Option<TlsAcceptor>, inner: Arc<Inner>, cancel: CancellationToken) {
     loop {
         let Some(tcp) = accept_tcp(&listener).await else {
             continue;
         };
-        let inner = inner.clone();
-        tokio::spawn(serve_http(tcp, cancel.clone(), move |req| file_service(inner.clone(), req)));
+        let (inner, cancel) = (inner.clone(), cancel.clone());
+        let serve = move |req| file_service(inner.clone(), req);
+        match &tls {
+            None => drop(tokio::spawn(serve_http(tcp, cancel, serve))),
+            Some(tls) => {
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    match tls.accept(tcp).await {
+                        Ok(stream) => serve_http(stream, cancel, serve).await,
+                        // A client refusing the certificate ends here: expected.
+                        Err(e) => eprintln!("[sim] https file server handshake failed: {e}"),
+                    }
+                });
+            }
+        }
     }
 }
 
