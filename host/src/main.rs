@@ -41,6 +41,9 @@ enum Command {
 enum EnginesCommand {
     /// Validate FILE against the engine world and print what it exports and imports.
     Check { file: PathBuf },
+    /// Print the SHA-256 of every engine file in DIR as JSON, ready to be the
+    /// `context-engines/engine-sha256` param.
+    Digests { dir: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,9 @@ fn main() -> ExitCode {
         }
         Command::Listen { to_plugin_sock, from_plugin_sock } => listen(to_plugin_sock, from_plugin_sock),
         Command::Engines { command: EnginesCommand::Check { file } } => check_engine(&file),
+        Command::Engines { command: EnginesCommand::Digests { dir } } => context_engines::wasm::provenance::digests(&dir)
+            .map_err(|e| anyhow::anyhow!("engines digests: {e}"))
+            .and_then(|digests| print_json(&serde_json::json!(digests))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

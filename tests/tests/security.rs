@@ -212,9 +212,14 @@ async fn only_engine_files_an_operator_vouched_for_load() -> anyhow::Result<()> 
         wait_rows(w, "docker", |r| has(r, "wasm", "failed", "native engine 'docker'") && has(r, "native", "ready", "")).await?;
         machine_gets_an_agent(w, "ctx", 1).await?;
 
-        // Listed with its digest, it loads (and takes over).
+        // Listed with its digest (as `engines digests` prints the map), it loads and
+        // takes over.
+        let printed = std::process::Command::new(ce_tests::plugin::plugin_bin()).args(["engines", "digests"]).arg(engines_dir(w)).output()?;
+        ensure!(printed.status.success(), "engines digests: {}", String::from_utf8_lossy(&printed.stderr));
+        let map: Value = serde_json::from_slice(&printed.stdout)?;
+        ensure!(map == json!({"docker": digest}), "engines digests printed {map}");
         let mut params = w.params();
-        params["context-engines/engine-sha256"] = json!({"docker": digest.to_uppercase()});
+        params["context-engines/engine-sha256"] = map;
         params["context-engines/engine-config"]["docker"] = docker_api_at(DOCKER_TCP);
         let (code, body) = w.plugin().config(params).await?;
         ensure!(code == 200, "config: {code} {body}");

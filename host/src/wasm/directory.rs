@@ -25,7 +25,7 @@ const SCAN_EVERY: Duration = Duration::from_secs(1);
 
 /// What identifies one version of a file cheaply; a change reloads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint {
+pub(crate) struct Fingerprint {
     len: u64,
     modified: Option<SystemTime>,
 }
@@ -154,7 +154,7 @@ impl EngineDirectory {
 }
 
 /// `<name>.wasm` files with usable names, and their fingerprints.
-fn list(dir: &Path) -> BTreeMap<String, (PathBuf, Fingerprint)> {
+pub(crate) fn list(dir: &Path) -> BTreeMap<String, (PathBuf, Fingerprint)> {
     let Ok(entries) = std::fs::read_dir(dir) else { return BTreeMap::new() };
     entries
         .filter_map(Result::ok)

@@ -4,6 +4,7 @@
 //! `docker` engine. `engine-sha256` names the files an operator vouches for.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::LazyLock;
 
 use sha2::{Digest as _, Sha256};
@@ -31,6 +32,21 @@ pub fn admit(name: &str, sha256: &str, listed: Option<&BTreeMap<String, String>>
         )),
         None => Ok(()),
     }
+}
+
+/// The SHA-256 of every engine file in `dir`, by engine name: what an operator vouches
+/// for with `engine-sha256`.
+pub fn digests(dir: &Path) -> Result<BTreeMap<String, String>, String> {
+    if !dir.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    super::directory::list(dir)
+        .into_iter()
+        .map(|(name, (path, _))| match std::fs::read(&path) {
+            Ok(bytes) => Ok((name, hex::encode(Sha256::digest(bytes)))),
+            Err(e) => Err(format!("reading {}: {e}", path.display())),
+        })
+        .collect()
 }
 
 #[cfg(test)]
