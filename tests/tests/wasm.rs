@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, ensure};
+use anyhow::{Context as _, bail, ensure};
 use ce_tests::load_proxy::{LoadProxy, OnLoad};
 use ce_tests::plugin_bin;
 use ce_tests::world::{DOCKER_TCP, PODMAN_TCP, World, list_containers, run_scenario, unique, wasm_engines};
@@ -176,6 +176,44 @@ async fn misbehaving_engines_are_contained() {
         let (code, body) = w.action("imageExists", json!({"context/image-name": "x:1", "context/engine": "slow"})).await?;
         ensure!(code == 200, "slow engine with a 10 s deadline: {code} {body}");
         ensure!(w.plugin.as_mut().is_some_and(|p| p.is_running()), "the plugin died");
+        Ok(())
+    })
+    .await
+}
+
+/// TCP, UDP, name lookup and files are denied by the host's own WASI settings. The
+/// `sockets` engine aims its TCP connect and UDP send at listeners of this test, so a
+/// denial is the sandbox's and not an empty port: the listeners must see nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_gets_no_sockets_no_name_lookup_and_no_files() {
+    run_scenario("docker", "an_engine_gets_no_sockets_no_name_lookup_and_no_files", async |w| {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+        tcp.set_nonblocking(true)?;
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        udp.set_nonblocking(true)?;
+        install(w, "sockets.wasm", "sockets")?;
+        let mut params = w.params();
+        params["context-engines/engine-config"]["sockets"] =
+            json!({"port": tcp.local_addr()?.port(), "udp-port": udp.local_addr()?.port()});
+        let (code, body) = w.plugin().config(params).await?;
+        ensure!(code == 200, "config: {code} {body}");
+        wait_row(w, "sockets", |r| r.is_some()).await?;
+        let (code, body) = w.action("imageExists", json!({"context/image-name": "x:1", "context/engine": "sockets"})).await?;
+        ensure!(code >= 400, "the sockets engine always fails, got: {code} {body}");
+        let message = body["Messages"].to_string();
+        eprintln!("wasm: the sockets engine reported: {message}");
+        for probe in ["tcp", "udp", "lookup", "file"] {
+            ensure!(message.contains(&format!("{probe}=denied: ")), "{probe} was not denied: {message}");
+        }
+        ensure!(!message.contains("ALLOWED"), "something was let through: {message}");
+        match tcp.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => bail!("the TCP listener was reached: {other:?}"),
+        }
+        match udp.recv_from(&mut [0; 64]) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => bail!("the UDP socket was reached: {other:?}"),
+        }
         Ok(())
     })
     .await

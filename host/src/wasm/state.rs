@@ -116,7 +116,17 @@ impl GuestState {
     pub fn new(engine: &str, allowed_hosts: Vec<String>, limits: StoreLimits) -> GuestState {
         GuestState {
             engine: engine.to_string(),
-            wasi: WasiCtx::builder().build(),
+            // An engine's only way out is wasi:http through the allow-list. The linker
+            // still links wasi:sockets (std imports it), so TCP, UDP, name lookup and
+            // every socket address are switched off here rather than left to the
+            // library's defaults, which may change. The builder preopens nothing and
+            // passes no environment, arguments or stdio unless asked.
+            wasi: WasiCtx::builder()
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .socket_addr_check(|_, _| Box::pin(async { false }))
+                .build(),
             http: WasiHttpCtx::new(),
             hooks: AllowList { engine: engine.to_string(), allowed: allowed_hosts },
             table: ResourceTable::new(),
