@@ -11,7 +11,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 
 # legacy-docker is the frozen engine@0.1.0 fixture (see legacy-docker/src/lib.rs).
-engines=(null docker-api spin hog trap slow forbidden sockets future legacy-docker)
+engines=(null docker-api spin hog trap slow forbidden sockets leaky future legacy-docker)
 
 if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2

@@ -53,6 +53,12 @@ pub fn wasm_engines() -> PathBuf {
     dir
 }
 
+/// The SHA-256 of the built engine `file`, as `engine-sha256` lists it.
+pub fn engine_sha256(file: &str) -> anyhow::Result<String> {
+    use sha2::Digest as _;
+    Ok(hex::encode(sha2::Sha256::digest(std::fs::read(wasm_engines().join(file))?)))
+}
+
 /// The `docker-api` engine's settings for the Engine API at `authority`.
 pub fn docker_api_at(authority: &str) -> Value {
     json!({"base-url": format!("http://{authority}"), "allowed-hosts": [authority]})
@@ -278,6 +284,27 @@ impl World {
             "Workflow": "",
             "Runnable": true,
         })
+    }
+
+    /// The plugin's engines directory (its default, under the simulator's file server).
+    pub fn engines_dir(&self) -> PathBuf {
+        self.sim.webroot().join("files/plugin_providers/context-engines/engines")
+    }
+
+    /// Puts `bytes` in the engines directory as `<name>.wasm`, written aside and then
+    /// renamed, as an operator's tooling should, so a scan never sees half a file.
+    pub fn put_engine(&self, bytes: &[u8], name: &str) -> anyhow::Result<()> {
+        let dir = self.engines_dir();
+        std::fs::create_dir_all(&dir)?;
+        let partial = dir.join(format!(".{name}.partial"));
+        std::fs::write(&partial, bytes)?;
+        std::fs::rename(&partial, dir.join(format!("{name}.wasm")))?;
+        Ok(())
+    }
+
+    /// Puts the built engine `file` (e.g. `null.wasm`) in the engines directory as `<name>.wasm`.
+    pub fn install_engine(&self, file: &str, name: &str) -> anyhow::Result<()> {
+        self.put_engine(&std::fs::read(wasm_engines().join(file))?, name)
     }
 
     /// Containers that carry this world's plugin label, running or not.

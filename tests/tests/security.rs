@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use ce_tests::sim::Sim;
-use ce_tests::world::{DOCKER_TCP, World, docker_api_at, unique, wasm_engines};
+use ce_tests::world::{DOCKER_TCP, World, docker_api_at, engine_sha256, unique, wasm_engines};
 use serde_json::{Value, json};
 
 const SETTLE: Duration = Duration::from_secs(60);
@@ -134,20 +134,6 @@ async fn an_archive_server_with_an_untrusted_certificate_is_refused_unless_liste
     .await
 }
 
-fn engines_dir(w: &World) -> std::path::PathBuf {
-    w.sim.webroot().join("files/plugin_providers/context-engines/engines")
-}
-
-/// Copies then renames, so a scan never sees half a file.
-fn drop_engine(w: &World, bytes: &[u8], name: &str) -> anyhow::Result<()> {
-    let dir = engines_dir(w);
-    std::fs::create_dir_all(&dir)?;
-    let partial = dir.join(format!(".{name}.partial"));
-    std::fs::write(&partial, bytes)?;
-    std::fs::rename(&partial, dir.join(format!("{name}.wasm")))?;
-    Ok(())
-}
-
 /// The `enginesList` rows named `name`, as (kind, state, error).
 async fn rows(w: &World, name: &str) -> anyhow::Result<Vec<(String, String, String)>> {
     let (code, rows) = w.action("enginesList", json!({})).await?;
@@ -195,26 +181,22 @@ fn gzip(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(output.stdout)
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_engine_files_an_operator_vouched_for_load() -> anyhow::Result<()> {
     in_world(async |w| {
         let engine = std::fs::read(wasm_engines().join("docker-api.wasm"))?;
-        let digest = sha256(&engine);
+        let digest = engine_sha256("docker-api.wasm")?;
         context_with_image(w).await?;
 
         // Unlisted, a docker.wasm may not take the native engine's place.
-        drop_engine(w, &engine, "docker")?;
+        w.put_engine(&engine, "docker")?;
         wait_rows(w, "docker", |r| has(r, "wasm", "failed", "native engine 'docker'") && has(r, "native", "ready", "")).await?;
         machine_gets_an_agent(w, "ctx", 1).await?;
 
         // Listed with its digest (as `engines digests` prints the map), it loads and
         // takes over.
-        let printed = std::process::Command::new(ce_tests::plugin::plugin_bin()).args(["engines", "digests"]).arg(engines_dir(w)).output()?;
+        let printed =
+            std::process::Command::new(ce_tests::plugin::plugin_bin()).args(["engines", "digests"]).arg(w.engines_dir()).output()?;
         ensure!(printed.status.success(), "engines digests: {}", String::from_utf8_lossy(&printed.stderr));
         let map: Value = serde_json::from_slice(&printed.stdout)?;
         ensure!(map == json!({"docker": digest}), "engines digests printed {map}");
@@ -228,11 +210,11 @@ async fn only_engine_files_an_operator_vouched_for_load() -> anyhow::Result<()> 
         // One byte changed: refused, naming both digests; the native engine answers again.
         let mut changed = engine.clone();
         changed.push(0);
-        drop_engine(w, &changed, "docker")?;
+        w.put_engine(&changed, "docker")?;
         wait_rows(w, "docker", |r| has(r, "wasm", "failed", &digest) && has(r, "native", "ready", "")).await?;
 
         // Any other file is refused while the list is set.
-        drop_engine(w, &engine, "other")?;
+        w.put_engine(&engine, "other")?;
         wait_rows(w, "other", |r| has(r, "wasm", "failed", "not listed in context-engines/engine-sha256")).await?;
         // The native engine still serves.
         machine_gets_an_agent(w, "ctx", 2).await?;
@@ -302,6 +284,45 @@ async fn a_drpcli_param_that_is_not_an_executable_file_is_refused_keeping_the_ol
         context_with_image(w).await?;
         let uuid = machine_gets_an_agent(w, "ctx", 1).await?;
         w.sim.wait_for("the agent to call back", SETTLE, || w.sim.agent_reports().into_iter().find(|r| r.uuid == uuid)).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_an_engine_logs_or_quotes_never_leaves_the_plugin() -> anyhow::Result<()> {
+    in_world(async |w| {
+        w.install_engine("leaky.wasm", "leaky")?;
+        let mut context = w.context("leaky", "ce-test/leaky:1");
+        context["Meta"]["context-engine"] = json!("leaky");
+        w.sim.put_context(context);
+        let uuid = unique("m");
+        let machine = World::machine(&uuid, "leaky");
+        w.sim.put_machine(machine.clone());
+        // The engine logged the token and failed quoting it: both reached dr-provision
+        // masked (a log line, an agent-failed event), and so does an action's Error.
+        wait_said(w, "leaky: env RS_TOKEN=[redacted]").await?;
+        let quoted = "with token [redacted]";
+        w.sim
+            .wait_for("an agent-failed event quoting the masked token", SETTLE, || {
+                w.sim.published().iter().any(|e| e["Action"] == "agent-failed" && e.to_string().contains(quoted)).then_some(())
+            })
+            .await?;
+        let mut replies = Vec::new();
+        let start = json!({"context/name": "leaky", "context/image-name": "ce-test/leaky:1"});
+        replies.push(w.machine_action(&machine, "agentStart", start).await?);
+        ensure!(replies[0].0 >= 400 && replies[0].1.to_string().contains(quoted), "agentStart: {:?}", replies[0]);
+        replies.push(w.action("enginesList", json!({})).await?);
+        replies.push(w.action("agentStatus", json!({})).await?);
+        replies.push(w.machine_action(&machine, "agentLogs", json!({"context/name": "leaky"})).await?);
+
+        let mut secrets = vec![w.sim.token()];
+        secrets.extend(w.sim.issued_tokens().into_iter().filter(|(m, _)| *m == uuid).map(|(_, t)| t));
+        ensure!(secrets.len() >= 2, "no token was issued for {uuid}");
+        let everything = format!("{}{}{}{replies:?}", w.sim.all_captured_text(), w.plugin().stderr_text(), w.plugin().stdout_text());
+        for secret in &secrets {
+            ensure!(!everything.contains(secret.as_str()), "a token left the plugin");
+        }
         Ok(())
     })
     .await

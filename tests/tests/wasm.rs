@@ -2,31 +2,16 @@
 //! over native engines, bad files, isolation of misbehaving engines, and the
 //! `engines check` tool. The behaviour suite (engines.rs) covers `docker-api` itself.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use ce_tests::load_proxy::{LoadProxy, OnLoad};
 use ce_tests::plugin_bin;
-use ce_tests::world::{DOCKER_TCP, PODMAN_TCP, World, list_containers, run_scenario, unique, wasm_engines};
+use ce_tests::world::{DOCKER_TCP, PODMAN_TCP, World, docker_api_at, engine_sha256, list_containers, run_scenario, unique, wasm_engines};
 use serde_json::{Value, json};
 
 const SETTLE: Duration = Duration::from_secs(60);
-
-fn engines_dir(w: &World) -> PathBuf {
-    w.sim.webroot().join("files/plugin_providers/context-engines/engines")
-}
-
-fn install(w: &World, file: &str, as_name: &str) -> anyhow::Result<()> {
-    let dir = engines_dir(w);
-    std::fs::create_dir_all(&dir)?;
-    // Copy then rename, as an operator's tooling should, so a scan never sees half a file.
-    let partial = dir.join(format!(".{as_name}.partial"));
-    std::fs::copy(wasm_engines().join(file), &partial)?;
-    std::fs::rename(&partial, dir.join(format!("{as_name}.wasm")))?;
-    Ok(())
-}
 
 async fn engine_row(w: &World, name: &str) -> anyhow::Result<Option<Value>> {
     let (code, rows) = w.action("enginesList", json!({})).await?;
@@ -68,7 +53,7 @@ async fn an_engine_dropped_into_a_running_plugin_serves_at_once_and_leaves_when_
             })
             .await?;
         ensure!(w.agents().await?.is_empty(), "an agent started without its engine");
-        install(w, "docker-api.wasm", "docker-api")?;
+        w.install_engine("docker-api.wasm", "docker-api")?;
         let agents = w.wait_agents(1, SETTLE).await?;
         let labels = agents[0].labels.clone().unwrap_or_default();
         ensure!(labels.get("drp.engine").map(String::as_str) == Some("docker-api"), "labels {labels:?}");
@@ -77,7 +62,7 @@ async fn an_engine_dropped_into_a_running_plugin_serves_at_once_and_leaves_when_
         // Leaving the context stops the agent through the WASM engine.
         w.sim.put_machine(World::machine(&uuid, ""));
         w.wait_agents(0, SETTLE).await?;
-        std::fs::remove_file(engines_dir(w).join("docker-api.wasm"))?;
+        std::fs::remove_file(w.engines_dir().join("docker-api.wasm"))?;
         wait_row(w, "docker-api", |row| row.is_none()).await?;
         Ok(())
     })
@@ -87,15 +72,15 @@ async fn an_engine_dropped_into_a_running_plugin_serves_at_once_and_leaves_when_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_engine_file_is_reported_and_changes_nothing_else() {
     run_scenario("docker", "a_bad_engine_file_is_reported_and_changes_nothing_else", async |w| {
-        install(w, "null.wasm", "null")?;
+        w.install_engine("null.wasm", "null")?;
         wait_row(w, "null", |r| r.is_some_and(|r| r["state"] == "ready")).await?;
-        let dir = engines_dir(w);
+        let dir = w.engines_dir();
         std::fs::write(dir.join("broken.wasm"), b"\0asm this is not a component")?;
         let row = wait_row(w, "broken", |r| r.is_some()).await?.context("broken listed")?;
         ensure!(row["state"] == "failed", "row {row}");
         ensure!(row["error"].to_string().contains("not a WebAssembly component"), "reason: {row}");
         // A real component, for another version of the package.
-        install(w, "future.wasm", "future")?;
+        w.install_engine("future.wasm", "future")?;
         let row = wait_row(w, "future", |r| r.is_some()).await?.context("future listed")?;
         ensure!(row["state"] == "failed", "row {row}");
         ensure!(row["error"].to_string().contains("lifecycle@0.3.0"), "reason: {row}");
@@ -106,7 +91,7 @@ async fn a_bad_engine_file_is_reported_and_changes_nothing_else() {
         let (code, body) = w.action("imageExists", json!({"context/image-name": "any:1", "context/engine": "broken"})).await?;
         ensure!(code == 400 && body["Messages"].to_string().contains("failed to load"), "using the broken engine: {code} {body}");
         // Replacing the file with a good one heals it.
-        install(w, "null.wasm", "broken")?;
+        w.install_engine("null.wasm", "broken")?;
         wait_row(w, "broken", |r| r.is_some_and(|r| r["state"] == "ready")).await?;
         Ok(())
     })
@@ -118,12 +103,17 @@ async fn a_wasm_engine_named_like_a_native_one_takes_precedence_until_removed() 
     run_scenario("docker", "a_wasm_engine_named_like_a_native_one_takes_precedence_until_removed", async |w| {
         let native = engine_row(w, "docker").await?.context("docker listed")?;
         ensure!(native["kind"] == "native/docker", "row {native}");
-        install(w, "null.wasm", "docker")?;
+        // Only a WASM engine the operator vouched for may take a native engine's place.
+        let mut params = w.params();
+        params["context-engines/engine-sha256"] = json!({"docker": engine_sha256("null.wasm")?});
+        let (code, body) = w.plugin().config(params).await?;
+        ensure!(code == 200, "config: {code} {body}");
+        w.install_engine("null.wasm", "docker")?;
         wait_row(w, "docker", |r| r.is_some_and(|r| r["kind"] == "wasm")).await?;
         // The null engine claims to have every image: proof that it, not dockerd, answers.
         let (code, body) = w.action("imageExists", json!({"context/image-name": format!("ce-none/{}:1", unique("x"))})).await?;
         ensure!(code == 200 && body == json!(true), "imageExists through the WASM docker: {code} {body}");
-        std::fs::remove_file(engines_dir(w).join("docker.wasm"))?;
+        std::fs::remove_file(w.engines_dir().join("docker.wasm"))?;
         wait_row(w, "docker", |r| r.is_some_and(|r| r["kind"] == "native/docker")).await?;
         Ok(())
     })
@@ -134,7 +124,7 @@ async fn a_wasm_engine_named_like_a_native_one_takes_precedence_until_removed() 
 async fn misbehaving_engines_are_contained() {
     run_scenario("docker", "misbehaving_engines_are_contained", async |w| {
         for name in ["null", "spin", "hog", "trap", "slow", "forbidden"] {
-            install(w, &format!("{name}.wasm"), name)?;
+            w.install_engine(&format!("{name}.wasm"), name)?;
         }
         let mut params = w.params();
         params["context-engines/wasm-deadline-ms"] = json!(1000);
@@ -191,7 +181,7 @@ async fn an_engine_gets_no_sockets_no_name_lookup_and_no_files() {
         tcp.set_nonblocking(true)?;
         let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
         udp.set_nonblocking(true)?;
-        install(w, "sockets.wasm", "sockets")?;
+        w.install_engine("sockets.wasm", "sockets")?;
         let mut params = w.params();
         params["context-engines/engine-config"]["sockets"] =
             json!({"port": tcp.local_addr()?.port(), "udp-port": udp.local_addr()?.port()});
@@ -291,11 +281,6 @@ fn unpack_writes_the_bundled_engines() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The `docker-api` engine's settings for the Engine API at `authority`.
-fn docker_api_at(authority: &str) -> Value {
-    json!({"base-url": format!("http://{authority}"), "allowed-hosts": [authority]})
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_engine_drains_its_agents_run_until_their_machines_move() {
     run_scenario("docker_api", "a_removed_engine_drains_its_agents_run_until_their_machines_move", async |w| {
@@ -312,7 +297,7 @@ async fn a_removed_engine_drains_its_agents_run_until_their_machines_move() {
             w.sim.put_machine(World::machine(uuid, "wasm"));
         }
         let before: Vec<Option<String>> = w.wait_agents(2, SETTLE).await?.into_iter().map(|a| a.id).collect();
-        std::fs::remove_file(engines_dir(w).join("docker-api.wasm"))?;
+        std::fs::remove_file(w.engines_dir().join("docker-api.wasm"))?;
         let row = wait_row(w, "docker-api@wasm", |r| r.is_some()).await?.context("draining row")?;
         ensure!(row["state"] == "draining", "row {row}");
         // Its machines change (and resyncs pass): their agents keep running, untouched.
@@ -349,9 +334,10 @@ async fn a_wasm_docker_on_another_runtime_takes_over_and_the_native_agents_are_s
         let mut params = w.params();
         params["context-engines/engine-config"]["docker"] =
             json!({"host": ce_tests::world::DOCKER_SOCK, "base-url": format!("http://{PODMAN_TCP}"), "allowed-hosts": [PODMAN_TCP]});
+        params["context-engines/engine-sha256"] = json!({"docker": engine_sha256("docker-api.wasm")?});
         let (code, body) = w.plugin().config(params).await?;
         ensure!(code == 200, "config: {code} {body}");
-        install(w, "docker-api.wasm", "docker")?;
+        w.install_engine("docker-api.wasm", "docker")?;
         wait_row(w, "docker", |r| r.is_some_and(|r| r["kind"] == "wasm")).await?;
         w.upload("plain.tar", &image).await?;
         w.sim.put_machine(World::machine(&uuid, "ctx"));
@@ -368,7 +354,7 @@ async fn a_wasm_docker_on_another_runtime_takes_over_and_the_native_agents_are_s
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         // Removing the file hands "docker" back to dockerd, and the agent moves back.
-        std::fs::remove_file(engines_dir(w).join("docker.wasm"))?;
+        std::fs::remove_file(w.engines_dir().join("docker.wasm"))?;
         w.sim.put_machine(World::machine(&uuid, "ctx"));
         w.wait_agents(1, SETTLE).await?;
         let deadline = Instant::now() + SETTLE;
@@ -461,7 +447,7 @@ fn context_on(w: &World, name: &str, image: &str, engine: &str, options: Option<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_0_1_runs_plain_agents_and_a_start_with_options_fails_naming_them() {
     run_scenario("docker", "an_engine_0_1_runs_plain_agents_and_a_start_with_options_fails_naming_them", async |w| {
-        install(w, "legacy-docker.wasm", "legacy")?;
+        w.install_engine("legacy-docker.wasm", "legacy")?;
         let mut params = w.params();
         params["context-engines/engine-config"]["legacy"] = docker_api_at(DOCKER_TCP);
         let (code, body) = w.plugin().config(params).await?;
@@ -501,7 +487,7 @@ async fn an_engine_0_1_runs_plain_agents_and_a_start_with_options_fails_naming_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_0_2_lacking_a_feature_is_refused_the_start_naming_it() {
     run_scenario("docker", "an_engine_0_2_lacking_a_feature_is_refused_the_start_naming_it", async |w| {
-        install(w, "null.wasm", "null")?;
+        w.install_engine("null.wasm", "null")?;
         let row = wait_row(w, "null", |r| r.is_some_and(|r| r["state"] == "ready")).await?.context("null listed")?;
         ensure!(row["version"].as_str().is_some_and(|v| v.contains("engine@0.2.0")), "the row should show the contract: {row}");
         w.sim.put_context(context_on(w, "opts", "ce-none/x:1", "null", Some(r#"{"memory":"64m","workdir":"/tmp"}"#)));
