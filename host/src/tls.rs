@@ -33,7 +33,7 @@ struct Refused(String);
 
 #[derive(Debug)]
 struct Verifier<P> {
-    policy: P,
+    policy: Arc<P>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -81,7 +81,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// A client config whose every certificate decision is `policy`'s.
-pub fn client_config(policy: impl Policy + 'static) -> rustls::ClientConfig {
+pub fn client_config<P: Policy + 'static>(policy: Arc<P>) -> rustls::ClientConfig {
     let verifier = Arc::new(Verifier { policy, provider: provider() });
     rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()

@@ -74,7 +74,7 @@ impl DrpTrust {
     }
 
     pub fn client_config(self: &Arc<Self>) -> rustls::ClientConfig {
-        tls::client_config(Shared(Arc::clone(self)))
+        tls::client_config(Arc::clone(self))
     }
 
     fn decide(
@@ -128,10 +128,7 @@ impl DrpTrust {
     }
 }
 
-#[derive(Debug)]
-struct Shared(Arc<DrpTrust>);
-
-impl Policy for Shared {
+impl Policy for DrpTrust {
     fn check(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -139,7 +136,7 @@ impl Policy for Shared {
         server: &ServerName<'_>,
         now: UnixTime,
     ) -> Result<(), String> {
-        self.0.decide(end_entity, intermediates, server, now).inspect_err(|why| self.0.tell(why))
+        self.decide(end_entity, intermediates, server, now).inspect_err(|why| self.tell(why))
     }
 }
 

@@ -336,6 +336,20 @@ impl Images {
         }
         Ok(path)
     }
+
+    fn check_free_space(&self, source: &ArchiveSource, size: Option<u64>) -> Result<(), ImageError> {
+        let Ok(stat) = rustix::fs::statvfs(&self.spool_dir) else { return Ok(()) };
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free.saturating_sub(size.unwrap_or(0)) >= SPOOL_RESERVE {
+            return Ok(());
+        }
+        Err(ImageError::NoSpace {
+            source_name: source.describe(),
+            dir: self.spool_dir.display().to_string(),
+            free_mib: free >> 20,
+            size: size.map_or_else(|| "of unknown size".to_string(), |size| format!("{} MiB", size >> 20)),
+        })
+    }
 }
 
 /// An archive opened for reading, with its size when the source tells it.
@@ -378,22 +392,6 @@ impl Limit {
     }
 }
 
-impl Images {
-    fn check_free_space(&self, source: &ArchiveSource, size: Option<u64>) -> Result<(), ImageError> {
-        let Ok(stat) = rustix::fs::statvfs(&self.spool_dir) else { return Ok(()) };
-        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
-        if free.saturating_sub(size.unwrap_or(0)) >= SPOOL_RESERVE {
-            return Ok(());
-        }
-        Err(ImageError::NoSpace {
-            source_name: source.describe(),
-            dir: self.spool_dir.display().to_string(),
-            free_mib: free >> 20,
-            size: size.map_or_else(|| "of unknown size".to_string(), |size| format!("{} MiB", size >> 20)),
-        })
-    }
-}
-
 fn read_error(path: &Path, e: std::io::Error) -> ImageError {
     ImageError::Read { path: path.display().to_string(), cause: e.to_string() }
 }
@@ -413,8 +411,7 @@ pub async fn gunzip(raw: ArchiveStream) -> Result<ArchiveStream, ImageError> {
 }
 
 fn normalize_checksum(checksum: &str) -> Result<String, ImageError> {
-    let hex = checksum.trim().trim_start_matches("sha256:").to_ascii_lowercase();
-    if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) { Ok(hex) } else { Err(ImageError::BadChecksum(checksum.to_string())) }
+    crate::tls::parse_sha256(checksum).map_err(|_| ImageError::BadChecksum(checksum.to_string()))
 }
 
 fn checksum_marker(hex: &str) -> String {

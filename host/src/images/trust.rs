@@ -48,7 +48,7 @@ impl DownloadTrust {
     }
 
     pub fn client_config(self: &Arc<Self>) -> rustls::ClientConfig {
-        tls::client_config(Shared(Arc::clone(self)))
+        tls::client_config(Arc::clone(self))
     }
 }
 
@@ -74,10 +74,7 @@ fn host_of(server: &ServerName<'_>) -> String {
     }
 }
 
-#[derive(Debug)]
-struct Shared(Arc<DownloadTrust>);
-
-impl Policy for Shared {
+impl Policy for DownloadTrust {
     fn check(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -86,13 +83,13 @@ impl Policy for Shared {
         now: UnixTime,
     ) -> Result<(), String> {
         let host = host_of(server);
-        if self.0.is_insecure(&host) {
-            if self.0.told.lock().unwrap_or_else(|p| p.into_inner()).insert(host.clone()) {
+        if self.is_insecure(&host) {
+            if self.told.lock().unwrap_or_else(|p| p.into_inner()).insert(host.clone()) {
                 tracing::warn!("not checking the certificate of {host}: it is listed in {}", params::INSECURE_HOSTS);
             }
             return Ok(());
         }
-        let verifier = self.0.verifier.as_ref().map_err(String::clone)?;
+        let verifier = self.verifier.as_ref().map_err(String::clone)?;
         tls::verify_with(verifier, end_entity, intermediates, server, now).map_err(|e| e.to_string())
     }
 }
