@@ -19,10 +19,12 @@ pub const MASK: &str = "[redacted]";
 const MIN_SECRET_LEN: usize = 8;
 const BASE: u64 = 0x100_0000_01b3;
 
+/// The secrets of one length, by rolling hash.
+type SameLength = HashMap<u64, HashSet<Box<[u8]>>>;
+
 #[derive(Default)]
 pub struct Redactor {
-    /// Token length → rolling hash → the tokens of that length and hash.
-    by_len: RwLock<BTreeMap<usize, HashMap<u64, HashSet<Box<[u8]>>>>>,
+    by_len: RwLock<BTreeMap<usize, SameLength>>,
 }
 
 static SECRETS: LazyLock<Redactor> = LazyLock::new(Redactor::default);
