@@ -46,7 +46,7 @@ fn fixture() -> &'static Fixture {
             fileserver: Some(FILESERVER.to_string()),
             webroot: Some(webroot.clone()),
         };
-        let images = Images::new(env, root.join("spool")).expect("images");
+        let images = Images::new(env, root.join("spool"), root.join("images-loaded.json")).expect("images");
         Fixture { webroot, images }
     })
 }

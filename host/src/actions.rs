@@ -42,12 +42,13 @@ pub async fn run(plugin: &Arc<Plugin>, reconciler: &Arc<Reconciler>, action: Act
         "agentStart" => agent_start(plugin, reconciler, &action.model, params).await,
         "agentStop" => agent_stop(plugin, reconciler, &action.model, params).await,
         "agentLogs" => agent_logs(plugin, reconciler, &action.model, params).await,
+        "imagePrune" => image_prune(plugin, params).await,
         "enginesList" => Ok(json!(plugin.registry.status().await)),
         "agentStatus" => Ok(reconciler.summary()),
         other => Err(ApiError::new(
             404,
             format!(
-                "unknown action '{other}'; this plugin offers imageUpload, imageExists, imageRemove, agentStart, agentStop, agentLogs, enginesList, agentStatus"
+                "unknown action '{other}'; this plugin offers imageUpload, imageExists, imageRemove, imagePrune, agentStart, agentStop, agentLogs, enginesList, agentStatus"
             ),
         )),
     }
@@ -88,6 +89,17 @@ async fn image_remove(plugin: &Plugin, params: &Map<String, Value>) -> Result<Va
     let engine = engine(plugin, params, None)?;
     engine.image_remove(&image).await?;
     Ok(Value::Bool(true))
+}
+
+/// Image GC now: a dry run unless `context/dry-run` is false.
+async fn image_prune(plugin: &Plugin, params: &Map<String, Value>) -> Result<Value, ApiError> {
+    let dry_run = params::flag(params, params::DRY_RUN, true)?;
+    let only = params::optional_string(params, params::ENGINE)?;
+    if let Some(name) = &only {
+        plugin.registry.get(name)?;
+    }
+    let verdicts = crate::images::gc::collect(plugin, only.as_deref(), dry_run).await.map_err(|e| ApiError::new(502, e.to_string()))?;
+    Ok(json!({"DryRun": dry_run, "Images": verdicts}))
 }
 
 fn machine_of(model: &Value) -> Result<Machine, ApiError> {

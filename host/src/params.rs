@@ -36,6 +36,8 @@ pub const INSECURE_HOSTS: &str = "context-engines/insecure-hosts";
 pub const ENGINE_SHA256: &str = "context-engines/engine-sha256";
 pub const MAX_ARCHIVE_MB: &str = "context-engines/max-archive-mb";
 pub const DEFAULT_MAX_ARCHIVE_MB: u64 = 16_384;
+pub const IMAGE_GC_SECS: &str = "context-engines/image-gc-secs";
+pub const IMAGE_GC_GRACE_SECS: &str = "context-engines/image-gc-grace-secs";
 
 /// All plugin params, in the order `define` lists them.
 pub const ALL: &[&str] = &[
@@ -58,6 +60,8 @@ pub const ALL: &[&str] = &[
     INSECURE_HOSTS,
     ENGINE_SHA256,
     MAX_ARCHIVE_MB,
+    IMAGE_GC_SECS,
+    IMAGE_GC_GRACE_SECS,
 ];
 
 // Action params.
@@ -66,6 +70,7 @@ pub const IMAGE_PATH: &str = "context/image-path";
 pub const CONTEXT_NAME: &str = "context/name";
 pub const ENGINE: &str = "context/engine";
 pub const LINES: &str = "context/lines";
+pub const DRY_RUN: &str = "context/dry-run";
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ParamError {
@@ -102,6 +107,10 @@ pub struct Settings {
     /// Engine name → SHA-256 of its file; when set, the only WASM engines that load.
     pub engine_sha256: Option<BTreeMap<String, String>>,
     pub max_archive_mb: u64,
+    /// Seconds between periodic image GC runs; 0 turns them off.
+    pub image_gc_secs: u64,
+    /// Images loaded more recently than this are never collected.
+    pub image_gc_grace_secs: u64,
 }
 
 impl Settings {
@@ -146,6 +155,8 @@ impl Settings {
                 .collect::<Result<_, _>>()?,
             engine_sha256: engine_sha256(params)?,
             max_archive_mb: at_most(MAX_ARCHIVE_MB, positive(params, MAX_ARCHIVE_MB, DEFAULT_MAX_ARCHIVE_MB)?, 1 << 30)?,
+            image_gc_secs: at_most(IMAGE_GC_SECS, whole(params, IMAGE_GC_SECS, 0)?, 31_536_000)?,
+            image_gc_grace_secs: at_most(IMAGE_GC_GRACE_SECS, whole(params, IMAGE_GC_GRACE_SECS, 3600)?, 31_536_000)?,
         })
     }
 
@@ -189,6 +200,18 @@ pub fn required_string(params: &Map<String, Value>, name: &str) -> Result<String
 fn agent_options(params: &Map<String, Value>, name: &str) -> Result<AgentOptions, ParamError> {
     let value = params.get(name).cloned().unwrap_or(Value::Null);
     AgentOptions::from_value(&value).map_err(|e| ParamError::Invalid { name: name.to_string(), why: e.to_string() })
+}
+
+/// A yes/no action param (a boolean, or `true`/`false` in a string: drpcli sends action
+/// params as it reads them), or `default` when absent.
+pub fn flag(params: &Map<String, Value>, name: &str, default: bool) -> Result<bool, ParamError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("true") => Ok(true),
+        Some(Value::String(s)) if s.trim().eq_ignore_ascii_case("false") => Ok(false),
+        Some(other) => Err(ParamError::Invalid { name: name.to_string(), why: format!("must be true or false, got {other}") }),
+    }
 }
 
 /// A whole number from 1 to `max` (a number, or digits in a string: drpcli sends action

@@ -28,7 +28,7 @@ impl Plugin {
         }
         let plugin = Plugin {
             drp: DrpClient::new(&env)?,
-            images: Arc::new(Images::new(env.clone(), scratch.join("spool"))?),
+            images: Arc::new(Images::new(env.clone(), scratch.join("spool"), scratch.join("images-loaded.json"))?),
             env,
             socket,
             registry,

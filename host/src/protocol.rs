@@ -127,6 +127,7 @@ impl Service {
                 tokio::spawn(engines.watch(Arc::clone(&plugin), Arc::clone(&reconciler), shutdown.clone()));
             }
             reconciler.watch_runtimes(shutdown.clone());
+            tokio::spawn(crate::images::gc::periodically(Arc::clone(&plugin), shutdown.clone()));
             tokio::spawn(events::run(plugin, reconciler, shutdown));
         } else if *previous != *self.plugin.settings() {
             tracing::info!("reconfigured; reconciling everything");

@@ -42,6 +42,7 @@ const ACTIONS: &[Action] = &[
         required_params: &[params::CONTEXT_NAME],
         optional_params: &[params::LINES, params::ENGINE],
     },
+    Action { command: "imagePrune", model: "", required_params: &[], optional_params: &[params::DRY_RUN, params::ENGINE] },
     Action { command: "enginesList", model: "", required_params: &[], optional_params: &[] },
     Action { command: "agentStatus", model: "", required_params: &[], optional_params: &[] },
 ];
@@ -58,7 +59,7 @@ A Context is served when its ``Engine`` is this plugin's name; its ``Meta[\"cont
 picks the engine (default: ``context-engines/default-engine``). Every machine whose
 ``Context`` names such a Context gets exactly one agent, named ``drp-<context>-<uuid>``.
 
-Actions: imageUpload, imageExists, imageRemove, agentStart, agentStop, agentLogs,
+Actions: imageUpload, imageExists, imageRemove, imagePrune, agentStart, agentStop, agentLogs,
 enginesList, agentStatus.
 ";
 

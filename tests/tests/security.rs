@@ -116,11 +116,26 @@ async fn an_archive_server_with_an_untrusted_certificate_is_refused_unless_liste
         );
         let (code, body) = w.action("imageExists", json!({"context/image-name": image})).await?;
         ensure!(code == 200 && body == json!(false), "imageExists after the refusal: {code} {body}");
+        // The same for a Context's Imagepull: its machine's agent fails, saying why.
+        let mut context = w.context("pulled", &image);
+        context["Meta"]["Imagepull"] = json!(format!("{}/files/fixtures/plain.tar", w.sim.https_file_url()));
+        w.sim.put_context(context);
+        w.sim.put_machine(World::machine(&unique("m"), "pulled"));
+        w.sim
+            .wait_for("an agent-failed event naming insecure-hosts", SETTLE, || {
+                let failed = |e: &Value| e["Action"] == "agent-failed" && e.to_string().contains("context-engines/insecure-hosts");
+                w.sim.published().iter().any(failed).then_some(())
+            })
+            .await?;
+        w.wait_agents(0, Duration::from_secs(1)).await?;
 
+        // Listed, the host is taken on trust: the upload loads, and the waiting machine
+        // gets its agent (a reconfigure retries what was parked).
         let mut params = w.params();
         params["context-engines/insecure-hosts"] = json!(["127.0.0.1"]);
         let (code, body) = w.plugin().config(params).await?;
         ensure!(code == 200, "config: {code} {body}");
+        w.wait_agents(1, SETTLE).await?;
         let (code, body) = w.action("imageUpload", upload).await?;
         ensure!(code == 200 && body == json!(true), "imageUpload from a listed host answered {code}: {body}");
         wait_said(w, "not checking the certificate of 127.0.0.1").await?;

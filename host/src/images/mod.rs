@@ -14,9 +14,12 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::io::{ReaderStream, StreamReader};
 
+pub mod gc;
+pub mod ledger;
 mod reference;
 pub mod trust;
 
+use ledger::Ledger;
 pub use reference::{ImageRef, check_reference};
 use trust::DownloadTrust;
 
@@ -121,6 +124,8 @@ pub struct Images {
     trust: Arc<DownloadTrust>,
     /// `max-archive-mb` in bytes, for the archive as read and as the engine gets it.
     max_archive_bytes: AtomicU64,
+    /// Every image this plugin loaded: image GC's only candidates.
+    pub ledger: Ledger,
     spool_dir: PathBuf,
     in_flight: Mutex<HashMap<String, MergedLoad>>,
     /// One archive at a time into each engine. A load is "load, then tag what the
@@ -130,7 +135,7 @@ pub struct Images {
 }
 
 impl Images {
-    pub fn new(env: Environment, spool_dir: PathBuf) -> Result<Images, reqwest::Error> {
+    pub fn new(env: Environment, spool_dir: PathBuf, ledger: PathBuf) -> Result<Images, reqwest::Error> {
         let trust = Arc::new(DownloadTrust::from_system());
         // No overall timeout: archives are large. Connect and idle stalls still fail.
         let http = reqwest::Client::builder()
@@ -144,6 +149,7 @@ impl Images {
             http,
             trust,
             max_archive_bytes: AtomicU64::new(crate::params::DEFAULT_MAX_ARCHIVE_MB << 20),
+            ledger: Ledger::open(ledger),
             spool_dir,
             in_flight: Mutex::new(HashMap::new()),
             engine_turns: Mutex::new(HashMap::new()),
@@ -244,6 +250,10 @@ impl Images {
             if let Some(expected) = &expected {
                 engine.image_tag(image, &checksum_marker(expected)).await?;
             }
+            // Recorded before the marker is set: a load whose marker failed is still
+            // ours, and GC forgets (never removes) an image whose marker does not match.
+            self.ledger.record(engine.name(), image);
+            engine.image_tag(image, &ledger::marker(image)).await?;
             Ok(())
         }
         .await;
@@ -499,7 +509,7 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         std::fs::write(dir.join("archive-1-0.tar"), b"left over").expect("write");
         std::fs::write(dir.join("keep.txt"), b"not ours").expect("write");
-        Images::new(Environment::default(), dir.clone()).expect("images");
+        Images::new(Environment::default(), dir.clone(), dir.join("ledger.json")).expect("images");
         assert!(!dir.join("archive-1-0.tar").exists());
         assert!(dir.join("keep.txt").exists());
         let _ = std::fs::remove_dir_all(&dir);
