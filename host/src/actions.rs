@@ -87,7 +87,7 @@ async fn image_exists(plugin: &Plugin, params: &Map<String, Value>) -> Result<Va
 async fn image_remove(plugin: &Plugin, params: &Map<String, Value>) -> Result<Value, ApiError> {
     let image = image_param(params)?;
     let engine = engine(plugin, params, None)?;
-    engine.image_remove(&image).await?;
+    plugin.images.remove(engine.as_ref(), &image).await?;
     Ok(Value::Bool(true))
 }
 

@@ -129,9 +129,8 @@ async fn judge(plugin: &Plugin, engine: &dyn Engine, load: &Load, in_use: &InUse
     if dry_run {
         return verdict(load, "would be removed", "unused: no Context of this plugin names it and no agent uses it".to_string());
     }
-    match engine.image_remove(&load.image).await.and(engine.image_remove(&marker(&load.image)).await) {
-        Ok(_) => {
-            ledger.forget(&load.engine, &load.image);
+    match plugin.images.remove(engine, &load.image).await {
+        Ok(()) => {
             tracing::info!(engine = load.engine, image = load.image, "image GC removed an unused image");
             verdict(load, "removed", "unused: no Context of this plugin names it and no agent uses it".to_string())
         }

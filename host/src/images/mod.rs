@@ -278,6 +278,15 @@ impl Images {
         Ok(image_id.is_some() && image_id == marker_id)
     }
 
+    /// Removes `image` and the marker its load left, and forgets the load: a marker
+    /// left behind would keep the image's layers on disk.
+    pub async fn remove(&self, engine: &dyn Engine, image: &str) -> Result<(), EngineError> {
+        engine.image_remove(image).await?;
+        engine.image_remove(&ledger::marker(image)).await?;
+        self.ledger.forget(engine.name(), image);
+        Ok(())
+    }
+
     fn limit(&self, source: &ArchiveSource) -> Limit {
         Limit { max: self.max_archive_bytes.load(Ordering::Relaxed), source_name: source.describe(), exceeded: Arc::default() }
     }
