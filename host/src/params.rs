@@ -38,6 +38,7 @@ pub const MAX_ARCHIVE_MB: &str = "context-engines/max-archive-mb";
 pub const DEFAULT_MAX_ARCHIVE_MB: u64 = 16_384;
 pub const IMAGE_GC_SECS: &str = "context-engines/image-gc-secs";
 pub const IMAGE_GC_GRACE_SECS: &str = "context-engines/image-gc-grace-secs";
+pub const DRY_RUN_PARAM: &str = "context-engines/dry-run";
 
 /// All plugin params, in the order `define` lists them.
 pub const ALL: &[&str] = &[
@@ -62,6 +63,7 @@ pub const ALL: &[&str] = &[
     MAX_ARCHIVE_MB,
     IMAGE_GC_SECS,
     IMAGE_GC_GRACE_SECS,
+    DRY_RUN_PARAM,
 ];
 
 // Action params.
@@ -111,6 +113,8 @@ pub struct Settings {
     pub image_gc_secs: u64,
     /// Images loaded more recently than this are never collected.
     pub image_gc_grace_secs: u64,
+    /// Plan only: the reconciler decides and reports, and touches no runtime.
+    pub dry_run: bool,
 }
 
 impl Settings {
@@ -157,6 +161,7 @@ impl Settings {
             max_archive_mb: at_most(MAX_ARCHIVE_MB, positive(params, MAX_ARCHIVE_MB, DEFAULT_MAX_ARCHIVE_MB)?, 1 << 30)?,
             image_gc_secs: at_most(IMAGE_GC_SECS, whole(params, IMAGE_GC_SECS, 0)?, 31_536_000)?,
             image_gc_grace_secs: at_most(IMAGE_GC_GRACE_SECS, whole(params, IMAGE_GC_GRACE_SECS, 3600)?, 31_536_000)?,
+            dry_run: flag(params, DRY_RUN_PARAM, false)?,
         })
     }
 

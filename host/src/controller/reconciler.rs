@@ -645,6 +645,16 @@ impl Reconciler {
     async fn settle(&self, uuid: &str) -> Result<(), (String, bool)> {
         let failed = |f: AgentFailure| (f.to_string(), f.source.is_permanent());
         let decided = self.decide(uuid).map_err(|e| (e.to_string(), e.is_permanent()))?;
+        // Dry run: the plan is what `agentStatus` shows and the event says; no runtime
+        // is touched. Turning it off reconciles everything, which carries the plan out.
+        if self.plugin.settings().dry_run {
+            let (next, reason) = next_step(&decided);
+            if next != "nothing" {
+                tracing::info!(machine = uuid, next, "dry run: {reason}");
+                self.plugin.publish("agent-planned", uuid, json!({"Machine": uuid, "Next": next, "Reason": reason})).await;
+            }
+            return Ok(());
+        }
         // A kept agent whose options changed is replaced: the id says which container
         // the replacement was decided for, should the machine change meanwhile.
         // Options that cannot be read fail the settle at its end: the stops still happen.
@@ -877,13 +887,77 @@ impl Reconciler {
             })
             .collect();
         failing.sort_by(|a, b| a["machine"].as_str().cmp(&b["machine"].as_str()));
-        json!({
+        let summary = json!({
             "machines": state.machines.len(),
             "contexts": state.contexts.len(),
             "agents": agents,
             "pending": state.queue.pending(),
             "failing": failing,
-        })
+            "dry_run": self.plugin.settings().dry_run,
+        });
+        drop(state);
+        let mut summary = summary;
+        summary["plan"] = json!(self.plan());
+        summary
+    }
+
+    /// Per machine with a wanted or an actual agent: the wanted agent, the agents
+    /// believed to exist, and what its next settle does, with why. No I/O: a
+    /// replacement for changed options is found by the settle itself (it reads the
+    /// machine's params), so a kept agent reads "nothing" here until then.
+    pub fn plan(&self) -> Vec<Value> {
+        let (uuids, failures) = {
+            let state = self.state();
+            let mut uuids: BTreeSet<String> = state.machines.keys().cloned().collect();
+            uuids.extend(state.actual.iter().filter(|(_, agents)| !agents.is_empty()).map(|(uuid, _)| uuid.clone()));
+            let failures: HashMap<String, (String, bool)> =
+                state.queue.failures().iter().map(|(uuid, f)| (uuid.clone(), (f.error.clone(), f.parked))).collect();
+            (uuids, failures)
+        };
+        uuids
+            .into_iter()
+            .filter_map(|uuid| {
+                let wanted = self.desired(&uuid).ok().flatten().map(|(agent, _)| agent);
+                let actual = self.agents_of(&uuid);
+                if wanted.is_none() && actual.is_empty() {
+                    return None;
+                }
+                let (mut next, mut reason) = match self.decide(&uuid) {
+                    Ok(decision) => next_step(&decision),
+                    Err(e) => ("nothing", format!("no agent can be wanted: {e}")),
+                };
+                if let Some((error, parked)) = failures.get(&uuid) {
+                    let then = format!("then: {next} ({reason})");
+                    (next, reason) = if *parked {
+                        ("wait for a change", format!("the last attempt failed for good: {error}; {then}"))
+                    } else {
+                        ("wait for retry", format!("the last attempt failed: {error}; {then}"))
+                    };
+                }
+                Some(json!({
+                    "machine": uuid,
+                    "wanted": wanted.map(|a| json!({"name": a.name, "context": a.context, "engine": a.engine, "image": a.image})),
+                    "actual": actual.iter().map(|a| json!({"name": a.name, "engine": a.engine, "running": a.running, "manual": a.manual})).collect::<Vec<_>>(),
+                    "next": next,
+                    "reason": reason,
+                }))
+            })
+            .collect()
+    }
+}
+
+/// What a settle does with `decision`, and why, in an operator's words.
+fn next_step(decision: &Decision) -> (&'static str, String) {
+    let names = |agents: &[Agent]| agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ");
+    match (&decision.start, decision.stop.as_slice(), &decision.adopt) {
+        (Some((want, context)), [], _) => {
+            ("start", format!("Context '{}' wants agent {} on engine '{}' and none runs", context.name, want.name, want.engine))
+        }
+        (Some((want, _)), stop, _) => ("replace", format!("stop {} (not the wanted agent) and start {}", names(stop), want.name)),
+        (None, [], Some(agent)) => ("adopt", format!("the manual agent {} is the one its Context now wants", agent.name)),
+        (None, [], None) if decision.keep.is_some() => ("nothing", "the wanted agent runs".to_string()),
+        (None, [], None) => ("nothing", "no agent is wanted and none of ours runs but manual ones".to_string()),
+        (None, stop, _) => ("stop", format!("{} not wanted (machine gone, Context changed, or container dead)", names(stop))),
     }
 }
 
@@ -1058,6 +1132,28 @@ mod tests {
         assert_eq!(decision.start.map(|(a, _)| a.image), Some("img:2".to_string()));
         r.apply(&event("machines", "delete", "m", Value::Null)).expect("delete");
         assert_eq!(r.decide("m").expect("decide").stop, vec![agent]);
+    }
+
+    #[test]
+    fn the_plan_says_what_each_machine_gets_next_and_why() {
+        let r = reconciler();
+        let next = |r: &Reconciler, uuid: &str| {
+            r.plan().into_iter().find(|p| p["machine"] == uuid).map(|p| p["next"].as_str().unwrap_or_default().to_string())
+        };
+        r.apply(&event("contexts", "create", "c", context("c", "context-engines", "img:1"))).expect("ctx");
+        r.apply(&event("machines", "create", "m", json!({"Uuid": "m", "Context": "c"}))).expect("m");
+        r.apply(&event("machines", "create", "other", json!({"Uuid": "other", "Context": ""}))).expect("other");
+        assert_eq!(next(&r, "m").as_deref(), Some("start"));
+        assert_eq!(next(&r, "other"), None, "a machine with nothing wanted and nothing running is not in the plan");
+        let (agent, _) = r.decide("m").expect("decide").start.expect("start");
+        r.record(&agent, true);
+        assert_eq!(next(&r, "m").as_deref(), Some("nothing"));
+        r.apply(&event("contexts", "update", "c", context("c", "context-engines", "img:2"))).expect("ctx");
+        assert_eq!(next(&r, "m").as_deref(), Some("replace"));
+        r.apply(&event("machines", "delete", "m", Value::Null)).expect("delete");
+        let plan = r.plan();
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        assert_eq!((plan[0]["next"].as_str(), plan[0]["wanted"].is_null()), (Some("stop"), true), "{plan:?}");
     }
 
     #[test]
