@@ -91,7 +91,7 @@ async fn session(plugin: &Plugin, reconciler: &Arc<Reconciler>) -> Result<(), St
     )
     .await
     .map_err(|_| format!("connecting to {url} timed out"))?
-    .map_err(|e| format!("connecting to {url}: {}", tls::certificate_problem(&e).unwrap_or_else(|| tls::error_chain(&e))))?;
+    .map_err(|e| format!("connecting to {url}: {}", tls::describe(&e)))?;
     for subscription in SUBSCRIPTIONS {
         ws.send(Message::text(*subscription)).await.map_err(|e| format!("subscribing: {e}"))?;
     }

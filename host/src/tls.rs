@@ -151,6 +151,12 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// A failed connection, told by its refused certificate when that is the cause, else by
+/// its whole chain of causes.
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    certificate_problem(error).unwrap_or_else(|| error_chain(error))
+}
+
 /// The refusal or certificate error somewhere in `error`'s causes, if any. An
 /// `io::Error` hides the error it wraps from `source()` (and HTTP clients wrap one
 /// `io::Error` in another), so those are looked into.

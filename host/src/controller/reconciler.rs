@@ -887,7 +887,7 @@ impl Reconciler {
             })
             .collect();
         failing.sort_by(|a, b| a["machine"].as_str().cmp(&b["machine"].as_str()));
-        let summary = json!({
+        let mut summary = json!({
             "machines": state.machines.len(),
             "contexts": state.contexts.len(),
             "agents": agents,
@@ -896,7 +896,6 @@ impl Reconciler {
             "dry_run": self.plugin.settings().dry_run,
         });
         drop(state);
-        let mut summary = summary;
         summary["plan"] = json!(self.plan());
         summary
     }
@@ -917,13 +916,15 @@ impl Reconciler {
         uuids
             .into_iter()
             .filter_map(|uuid| {
-                let wanted = self.desired(&uuid).ok().flatten().map(|(agent, _)| agent);
+                let decision = self.decide(&uuid);
+                // The wanted agent is the one to start, or the one kept running.
+                let wanted = decision.as_ref().ok().and_then(|d| d.start.as_ref().map(|(a, _)| a).or(d.keep.as_ref().map(|(_, a, _)| a)));
                 let actual = self.agents_of(&uuid);
                 if wanted.is_none() && actual.is_empty() {
                     return None;
                 }
-                let (mut next, mut reason) = match self.decide(&uuid) {
-                    Ok(decision) => next_step(&decision),
+                let (mut next, mut reason) = match &decision {
+                    Ok(decision) => next_step(decision),
                     Err(e) => ("nothing", format!("no agent can be wanted: {e}")),
                 };
                 if let Some((error, parked)) = failures.get(&uuid) {

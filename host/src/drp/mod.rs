@@ -165,10 +165,7 @@ impl DrpClient {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let transport = |e: reqwest::Error| {
-            let cause = tls::certificate_problem(&e).unwrap_or_else(|| tls::error_chain(&e.without_url()));
-            DrpError::Transport { path: path.to_string(), cause }
-        };
+        let transport = |e: reqwest::Error| DrpError::Transport { path: path.to_string(), cause: tls::describe(&e.without_url()) };
         let response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
         let body = response.bytes().await.map_err(transport)?;

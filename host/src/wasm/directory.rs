@@ -114,7 +114,7 @@ impl EngineDirectory {
         let display = path.display().to_string();
         // Compiling is CPU-heavy: keep it off the async workers. The bytes compiled are
         // the bytes admitted: the file may change meanwhile.
-        let loaded = tokio::task::spawn_blocking(move || runtime.load_bytes(&display, &bytes)).await;
+        let loaded = tokio::task::spawn_blocking(move || runtime.load_hashed(&display, &bytes, sha256)).await;
         match loaded {
             Ok(Ok(loaded)) => {
                 let settings = plugin.settings();

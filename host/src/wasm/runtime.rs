@@ -91,7 +91,11 @@ impl WasmRuntime {
     }
 
     pub fn load_bytes(&self, display: &str, bytes: &[u8]) -> Result<Loaded, LoadError> {
-        let sha256 = hex::encode(Sha256::digest(bytes));
+        self.load_hashed(display, bytes, hex::encode(Sha256::digest(bytes)))
+    }
+
+    /// `load_bytes` for bytes whose SHA-256 the caller already has (and checked).
+    pub fn load_hashed(&self, display: &str, bytes: &[u8], sha256: String) -> Result<Loaded, LoadError> {
         let started = Instant::now();
         let (component, from_cache) = match self.cached(&sha256) {
             Some(component) => (component, true),
