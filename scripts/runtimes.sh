@@ -25,6 +25,15 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   apt-get update -q >/dev/null
   apt-get install -y -q "${need_pkgs[@]}" >/dev/null
 fi
+# Prometheus scrapes the plugin in tests/tests/metrics.rs (each test starts its own, on
+# loopback); its recommends (node exporter and the like) are not needed.
+if ! [ -x /usr/bin/prometheus ]; then
+  log "installing prometheus"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends prometheus >/dev/null
+fi
+[ -x /usr/bin/prometheus ] || die "prometheus is not installed (/usr/bin/prometheus missing)"
 
 # Podman in this sandbox: cgroups v1 needs runc, and container ulimits must stay within
 # the machine's hard limits or the OCI runtime refuses to start anything.

@@ -96,6 +96,7 @@ async fn session(plugin: &Plugin, reconciler: &Arc<Reconciler>) -> Result<(), St
         ws.send(Message::text(*subscription)).await.map_err(|e| format!("subscribing: {e}"))?;
     }
     tracing::info!("event stream connected to {url}");
+    let _connected = Connected::new();
     // Events arriving meanwhile wait in the socket and are applied after the listing,
     // so none is lost and none is applied to state older than itself.
     full_reconcile_until_done(reconciler).await;
@@ -135,6 +136,22 @@ async fn session(plugin: &Plugin, reconciler: &Arc<Reconciler>) -> Result<(), St
                 (relisted, heard) = (tokio::time::Instant::now(), tokio::time::Instant::now());
             }
         }
+    }
+}
+
+/// Counts a connection and, when it goes (however its session ends), its drop.
+struct Connected;
+
+impl Connected {
+    fn new() -> Connected {
+        crate::metrics::global().event_stream(true);
+        Connected
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        crate::metrics::global().event_stream(false);
     }
 }
 

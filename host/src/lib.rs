@@ -12,6 +12,7 @@ pub mod environment;
 pub mod events;
 pub mod images;
 pub mod logging;
+pub mod metrics;
 pub mod options;
 pub mod params;
 pub mod plugin;

@@ -3,6 +3,7 @@
 //! silent default.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde_json::{Map, Value};
@@ -39,6 +40,7 @@ pub const DEFAULT_MAX_ARCHIVE_MB: u64 = 16_384;
 pub const IMAGE_GC_SECS: &str = "context-engines/image-gc-secs";
 pub const IMAGE_GC_GRACE_SECS: &str = "context-engines/image-gc-grace-secs";
 pub const DRY_RUN_PARAM: &str = "context-engines/dry-run";
+pub const METRICS_ADDRESS: &str = "context-engines/metrics-address";
 
 /// All plugin params, in the order `define` lists them.
 pub const ALL: &[&str] = &[
@@ -64,6 +66,7 @@ pub const ALL: &[&str] = &[
     IMAGE_GC_SECS,
     IMAGE_GC_GRACE_SECS,
     DRY_RUN_PARAM,
+    METRICS_ADDRESS,
 ];
 
 // Action params.
@@ -115,6 +118,8 @@ pub struct Settings {
     pub image_gc_grace_secs: u64,
     /// Plan only: the reconciler decides and reports, and touches no runtime.
     pub dry_run: bool,
+    /// Where `/metrics` and `/healthz` are served; `None`: nowhere.
+    pub metrics_address: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -162,6 +167,7 @@ impl Settings {
             image_gc_secs: at_most(IMAGE_GC_SECS, whole(params, IMAGE_GC_SECS, 0)?, 31_536_000)?,
             image_gc_grace_secs: at_most(IMAGE_GC_GRACE_SECS, whole(params, IMAGE_GC_GRACE_SECS, 3600)?, 31_536_000)?,
             dry_run: flag(params, DRY_RUN_PARAM, false)?,
+            metrics_address: optional_string(params, METRICS_ADDRESS)?.map(|a| socket_address(METRICS_ADDRESS, &a)).transpose()?,
         })
     }
 
@@ -209,6 +215,15 @@ fn agent_options(params: &Map<String, Value>, name: &str) -> Result<AgentOptions
 
 /// A yes/no action param (a boolean, or `true`/`false` in a string: drpcli sends action
 /// params as it reads them), or `default` when absent.
+/// `host:port` with an IP address: the listener binds exactly there, never a name that
+/// could resolve elsewhere.
+fn socket_address(name: &str, text: &str) -> Result<SocketAddr, ParamError> {
+    text.trim().parse().map_err(|_| ParamError::Invalid {
+        name: name.to_string(),
+        why: format!("'{text}' is not an IP address and port such as 127.0.0.1:9464 or [::1]:9464"),
+    })
+}
+
 pub fn flag(params: &Map<String, Value>, name: &str, default: bool) -> Result<bool, ParamError> {
     match params.get(name) {
         None | Some(Value::Null) => Ok(default),

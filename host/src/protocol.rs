@@ -3,9 +3,10 @@
 //! a bad one gets a 4xx Error JSON and the plugin keeps serving.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -23,7 +24,8 @@ use crate::actions::{self, Action};
 use crate::api_error::ApiError;
 use crate::controller::reconciler::Reconciler;
 use crate::events;
-use crate::params::Settings;
+use crate::metrics;
+use crate::params::{self, Settings};
 use crate::plugin::Plugin;
 use crate::wasm::WasmRuntime;
 use crate::wasm::directory::EngineDirectory;
@@ -38,6 +40,8 @@ pub struct Service {
     engines: Option<Arc<EngineDirectory>>,
     configured: AtomicBool,
     shutdown: watch::Sender<bool>,
+    /// The metrics listener: where it listens, and its task.
+    metrics: Mutex<Option<(SocketAddr, tokio::task::JoinHandle<()>)>>,
 }
 
 impl Service {
@@ -55,6 +59,7 @@ impl Service {
             plugin,
             configured: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
+            metrics: Mutex::new(None),
         })
     }
 
@@ -112,6 +117,8 @@ impl Service {
     /// the first full reconcile); later ones re-reconcile when they change what is ours.
     async fn config(&self, params: &Value) -> Result<(), ApiError> {
         let settings = Settings::from_params(params, &self.plugin.env).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        // Before anything is applied: an address that cannot be bound fails the config.
+        self.move_metrics_listener(settings.metrics_address).await?;
         let max_parallel = settings.max_parallel;
         let previous = self.plugin.reconfigure(settings);
         if previous.max_parallel != max_parallel {
@@ -132,6 +139,35 @@ impl Service {
         } else if *previous != *self.plugin.settings() {
             tracing::info!("reconfigured; reconciling everything");
             self.reconciler.request_resync();
+        }
+        Ok(())
+    }
+}
+
+impl Service {
+    /// Opens, moves or closes the metrics listener to match `wanted`.
+    async fn move_metrics_listener(&self, wanted: Option<SocketAddr>) -> Result<(), ApiError> {
+        if self.metrics.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(at, _)| *at) == wanted {
+            return Ok(());
+        }
+        let listener = match wanted {
+            Some(address) => Some((
+                address,
+                metrics::listener::bind(address)
+                    .await
+                    .map_err(|e| ApiError::bad_request(format!("param '{}': cannot listen on {address}: {e}", params::METRICS_ADDRESS)))?,
+            )),
+            None => None,
+        };
+        let serving = listener.map(|(address, listener)| {
+            tracing::info!("serving /metrics and /healthz on http://{address}");
+            let task = metrics::listener::serve(listener, Arc::clone(&self.plugin), Arc::clone(&self.reconciler), self.shutdown_signal());
+            (address, tokio::spawn(task))
+        });
+        let previous = std::mem::replace(&mut *self.metrics.lock().unwrap_or_else(|p| p.into_inner()), serving);
+        if let Some((address, task)) = previous {
+            tracing::info!("metrics listener on {address} closed");
+            task.abort();
         }
         Ok(())
     }

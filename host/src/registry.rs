@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::engine::Engine;
 use crate::engines::runtime_api::{Flavor, RuntimeApiEngine};
+use crate::metrics::observed::Observed;
 use crate::params::Settings;
 use crate::wasm::WasmEngine;
 
@@ -46,7 +47,7 @@ struct Native {
 #[derive(Default)]
 pub struct Registry {
     native: RwLock<BTreeMap<String, Native>>,
-    wasm: RwLock<BTreeMap<String, Arc<WasmEngine>>>,
+    wasm: RwLock<BTreeMap<String, Arc<Observed<WasmEngine>>>>,
     /// Engine files that failed to load, with the reason: shown, never fatal.
     broken: RwLock<BTreeMap<String, String>>,
     /// Engines that no longer answer to their name, by drain key (see the module docs).
@@ -102,7 +103,7 @@ impl Registry {
             let host = wanted.get("host").and_then(Value::as_str);
             // Settings were checked when the config was accepted.
             let timeout = crate::params::request_timeout(name, &wanted).ok().flatten();
-            let engine: Arc<dyn Engine> = Arc::new(RuntimeApiEngine::new(name, *flavor, host, timeout));
+            let engine: Arc<dyn Engine> = Arc::new(Observed::new(RuntimeApiEngine::new(name, *flavor, host, timeout)));
             native.insert(name.to_string(), Native { engine, settings: wanted });
         }
         drop(native);
@@ -204,7 +205,7 @@ impl Registry {
         vec![rekey]
     }
 
-    pub fn set_wasm(&self, engines: BTreeMap<String, Arc<WasmEngine>>, broken: BTreeMap<String, String>) -> Vec<Rekey> {
+    pub fn set_wasm(&self, engines: BTreeMap<String, Arc<Observed<WasmEngine>>>, broken: BTreeMap<String, String>) -> Vec<Rekey> {
         let native = self.native.read().unwrap_or_else(|p| p.into_inner());
         let mut wasm = self.wasm.write().unwrap_or_else(|p| p.into_inner());
         let mut draining = self.draining.write().unwrap_or_else(|p| p.into_inner());

@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod load_proxy;
 pub mod plugin;
+pub mod prometheus;
 pub mod sim;
 pub mod stall_proxy;
 pub mod world;

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use ce_tests::ApiFault;
+use ce_tests::prometheus::{free_loopback, get};
 use ce_tests::world::{ContainerSummary, DOCKER_SOCK, World, connect_runtime, list_containers, unique};
 use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
@@ -276,6 +277,20 @@ async fn still_serving(f: &Fault) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until the metrics listener's `/healthz` answers `code` with a body holding
+/// `needle`; returns the body.
+async fn wait_health(at: std::net::SocketAddr, code: u16, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (got, body) = get(at, "/healthz").await?;
+        if got == code && body.contains(needle) {
+            return Ok(body);
+        }
+        ensure!(Instant::now() < deadline, "/healthz answered {got} {body:?} after {timeout:?}; wanted {code} with '{needle}'");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 fn is_error_json(v: &Value) -> bool {
     v["Code"].is_number() && v["Messages"].is_array() && ["Model", "Key", "Type"].iter().all(|k| v[*k].is_string())
 }
@@ -394,6 +409,11 @@ async fn docker_daemon_restart(f: &mut Fault) -> anyhow::Result<()> {
     }
     let all: Vec<String> = kept.iter().chain(&leaving).cloned().collect();
     let before = id_by_machine(&wait_exact(f, &in_context(&all, "ctx"), SETTLE).await?);
+    let metrics = free_loopback()?;
+    f.w.extra_params.insert("context-engines/metrics-address".into(), json!(metrics.to_string()));
+    let (code, body) = f.w.plugin().config(f.w.params()).await?;
+    ensure!(code == 200, "config with a metrics address: {code} {body}");
+    wait_health(metrics, 200, "ok", SETTLE).await?;
 
     let _restart_on_any_exit = DockerdBack;
     let stopping = Instant::now();
@@ -430,6 +450,9 @@ async fn docker_daemon_restart(f: &mut Fault) -> anyhow::Result<()> {
     if code != 503 || !body["Messages"].to_string().contains("docker.sock") {
         problems.push(format!("imageRemove while dockerd is down: expected a 503 naming the socket, got {code} {body}"));
     }
+    // Health says why: the engine in use does not answer.
+    let unhealthy = wait_health(metrics, 503, "engine 'docker'", SETTLE).await?;
+    eprintln!("faults: /healthz while dockerd is down: {unhealthy}");
     // Retries are spaced out (1 s doubling), not a hot loop.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let failures = published(f, "agent-failed", &joining[0]).len();
@@ -447,6 +470,7 @@ async fn docker_daemon_restart(f: &mut Fault) -> anyhow::Result<()> {
     // machines get theirs, and every machine has exactly one.
     let want: BTreeMap<String, String> = in_context(&kept, "ctx").into_iter().chain(in_context(&joining, "ctx")).collect();
     let after = id_by_machine(&wait_exact_and_stable(f, &want, Duration::from_secs(150)).await?);
+    wait_health(metrics, 200, "ok", SETTLE).await?;
     for m in &kept {
         ensure!(after.get(m) == before.get(m), "the agent of {m} was replaced across the restart, not revived");
     }

@@ -14,7 +14,7 @@
 //! engine that hangs delays only its own machines. A listing is merged, never pasted: a
 //! machine whose agents were recorded after the listing began keeps what was recorded.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::queue::{Outcome, Queue};
 use crate::agents::{self, Agent, AgentError};
 use crate::drp::{Context, Machine};
-use crate::engine::{AgentGone, AgentInfo, Engine, labels};
+use crate::engine::{AgentGone, AgentInfo, Engine, EngineError, labels};
 use crate::events::Event;
 use crate::plugin::Plugin;
 use crate::registry::{self, Rekey};
@@ -40,11 +40,44 @@ const LIST_BOUND: Duration = Duration::from_secs(150);
 /// Longest wait for removing what a cancelled start created.
 const UNDO_BOUND: Duration = Duration::from_secs(5);
 
+/// The step of an agent's life that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Prepare,
+    ImageLoad,
+    Options,
+    Start,
+    Stop,
+}
+
+impl Step {
+    fn phrase(self) -> &'static str {
+        match self {
+            Step::Prepare => "preparing",
+            Step::ImageLoad => "loading the image of",
+            Step::Options => "checking the options of",
+            Step::Start => "starting",
+            Step::Stop => "stopping",
+        }
+    }
+
+    /// The `reason` label of `context_engines_agent_failures_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Step::Prepare => "prepare",
+            Step::ImageLoad => "image-load",
+            Step::Options => "options",
+            Step::Start => "start",
+            Step::Stop => "stop",
+        }
+    }
+}
+
 /// A start or stop that failed, saying which agent on which engine.
 #[derive(Debug, thiserror::Error)]
-#[error("{doing} agent {agent} on engine '{engine}': {source}")]
+#[error("{} agent {agent} on engine '{engine}': {source}", step.phrase())]
 pub struct AgentFailure {
-    doing: &'static str,
+    step: Step,
     agent: String,
     engine: String,
     #[source]
@@ -52,8 +85,9 @@ pub struct AgentFailure {
 }
 
 impl AgentFailure {
-    fn new(doing: &'static str, agent: &Agent, source: AgentError) -> AgentFailure {
-        AgentFailure { doing, agent: agent.name.clone(), engine: agent.engine.clone(), source }
+    fn new(step: Step, agent: &Agent, source: AgentError) -> AgentFailure {
+        crate::metrics::global().agent_failed(registry::engine_name(&agent.engine), step.label());
+        AgentFailure { step, agent: agent.name.clone(), engine: agent.engine.clone(), source }
     }
 }
 
@@ -90,6 +124,23 @@ impl State {
         self.clock += 1;
         self.recorded.insert((machine.to_string(), engine.to_string()), self.clock);
     }
+}
+
+/// What the metrics listener reads off the reconciler per scrape.
+#[derive(Debug, Default)]
+pub struct Census {
+    /// Machines whose Context (of this plugin) wants an agent, by (Context, engine).
+    pub wanted: BTreeMap<(String, String), u64>,
+    /// Agents believed running, by (Context, engine name).
+    pub running: BTreeMap<(String, String), u64>,
+    /// Engines in use: named by a Context of ours, or running an agent of ours.
+    pub engines: BTreeSet<String>,
+    /// Machines with a settle queued or under way.
+    pub queued: usize,
+    /// Machines waiting for a retry after a failure.
+    pub retrying: usize,
+    /// Machines whose last settle failed for good until they change.
+    pub parked: usize,
 }
 
 pub struct Reconciler {
@@ -165,6 +216,7 @@ impl Reconciler {
     /// may have been missed) and on resync. Only the event stream calls this, so
     /// dr-provision's listing and its events are applied in the order they happened.
     pub async fn full(self: &Arc<Self>) -> Result<(), String> {
+        let began = Instant::now();
         let machines = self.plugin.drp.machines().await.map_err(|e| e.to_string())?;
         let contexts = self.plugin.drp.contexts().await.map_err(|e| e.to_string())?;
         let engines = self.plugin.registry.listed();
@@ -179,6 +231,7 @@ impl Reconciler {
             let uuids: Vec<String> = state.machines.keys().cloned().collect();
             uuids.into_iter().filter(|uuid| !self.wanted_engine(&state, uuid).is_some_and(|e| listed.contains(e.as_str()))).collect()
         };
+        crate::metrics::global().full_reconcile(began.elapsed());
         tracing::info!(machines = self.state().machines.len(), engines = engines.len(), "full reconcile");
         for uuid in unlisted {
             self.mark(uuid);
@@ -221,10 +274,19 @@ impl Reconciler {
         let plugin_name = self.plugin.settings().plugin_name.clone();
         let since = self.state().clock;
         let filter = [(labels::PLUGIN, plugin_name.as_str()), (labels::ENGINE, engine.name())];
+        let began = Instant::now();
         let listed = match tokio::time::timeout(LIST_BOUND, engine.agent_list(&filter)).await {
-            Ok(Ok(found)) => Ok(found),
+            Ok(Ok(found)) => {
+                crate::metrics::global().engine_listed(engine.name(), began.elapsed());
+                Ok(found)
+            }
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("listing did not finish within {}s", LIST_BOUND.as_secs())),
+            Err(_) => {
+                let cause = format!("listing did not finish within {}s", LIST_BOUND.as_secs());
+                let hung = EngineError::Failed { engine: engine.name().to_string(), cause: cause.clone() };
+                crate::metrics::global().engine_answered::<()>(engine.name(), &Err(hung));
+                Err(cause)
+            }
         };
         // Engines changed while it ran: the key now names another engine (or none), whose
         // own listing is the one to believe.
@@ -491,6 +553,9 @@ impl Reconciler {
             let outcome = match self.settle(&uuid).await {
                 Ok(()) => Outcome::Done,
                 Err((failure, permanent)) => {
+                    if !permanent {
+                        crate::metrics::global().retry_scheduled();
+                    }
                     let attempts = self.state().queue.failures().get(&uuid).map_or(0, |f| f.attempts) + 1;
                     let next = if permanent { "parked until the machine changes" } else { "retrying with backoff" };
                     tracing::warn!("machine {uuid}: {failure} (attempt {attempts}; {next})");
@@ -643,6 +708,7 @@ impl Reconciler {
     /// was got counts only if the start is still the same. An image found missing is
     /// loaded between two turns of the lock, likewise.
     async fn settle(&self, uuid: &str) -> Result<(), (String, bool)> {
+        let began = Instant::now();
         let failed = |f: AgentFailure| (f.to_string(), f.source.is_permanent());
         let decided = self.decide(uuid).map_err(|e| (e.to_string(), e.is_permanent()))?;
         // Dry run: the plan is what `agentStatus` shows and the event says; no runtime
@@ -694,7 +760,7 @@ impl Reconciler {
                 // The plan changed while it was prepared (rare): prepared again, here.
                 None => self.prepare(agent, context).await.map_err(failed)?,
             };
-            match self.launch(agent, &ready).await {
+            match self.launch(agent, &ready, began).await {
                 Ok(_) => return Ok(()),
                 Err(source) if !loaded && agents::needs_image(&source) => {
                     drop(machine);
@@ -702,7 +768,7 @@ impl Reconciler {
                     loaded = true;
                     prepared = Some(Ok(ready));
                 }
-                Err(source) => return Err(failed(self.failure("starting", agent, source).await)),
+                Err(source) => return Err(failed(self.failure(Step::Start, agent, source).await)),
             }
         }
     }
@@ -718,7 +784,7 @@ impl Reconciler {
         }
         let options = match agents::options_for(&self.plugin, want, context).await {
             Ok(options) => options,
-            Err(source) => return Err(self.failure("checking the options of", want, source).await),
+            Err(source) => return Err(self.failure(Step::Options, want, source).await),
         };
         let wanted = agents::wanted_digest(&self.plugin, want, &options);
         if wanted == running.spec {
@@ -731,18 +797,19 @@ impl Reconciler {
     /// Starts `agent` now, for the `agentStart` action: as a settle does, holding the
     /// machine's lock only for the runtime's own create and start.
     pub async fn start_now(&self, agent: &Agent, context: &Context) -> Result<AgentInfo, AgentFailure> {
+        let began = Instant::now();
         let ready = self.prepare(agent, context).await?;
         let mut loaded = false;
         loop {
             let machine = self.lock_machine(&agent.machine).await;
-            match self.launch(agent, &ready).await {
+            match self.launch(agent, &ready, began).await {
                 Ok(info) => return Ok(info),
                 Err(source) if !loaded && agents::needs_image(&source) => {
                     drop(machine);
                     self.load_image(agent, context).await?;
                     loaded = true;
                 }
-                Err(source) => return Err(self.failure("starting", agent, source).await),
+                Err(source) => return Err(self.failure(Step::Start, agent, source).await),
             }
         }
     }
@@ -759,7 +826,7 @@ impl Reconciler {
         };
         match prepared.await {
             Ok(prepared) => Ok(prepared),
-            Err(source) => Err(self.failure("preparing", agent, source).await),
+            Err(source) => Err(self.failure(Step::Prepare, agent, source).await),
         }
     }
 
@@ -771,14 +838,14 @@ impl Reconciler {
         };
         match loaded.await {
             Ok(()) => Ok(()),
-            Err(source) => Err(self.failure("loading the image of", agent, source).await),
+            Err(source) => Err(self.failure(Step::ImageLoad, agent, source).await),
         }
     }
 
     /// The runtime's create and start of `agent`, recorded and published. Caller holds
     /// the machine lock. Cancelled by a stop that outlasted its drain, it removes what
     /// it may have created, so no created-but-never-started container is left.
-    async fn launch(&self, agent: &Agent, ready: &agents::Prepared) -> Result<AgentInfo, AgentError> {
+    async fn launch(&self, agent: &Agent, ready: &agents::Prepared, began: Instant) -> Result<AgentInfo, AgentError> {
         let engine = self.plugin.registry.get(&agent.engine)?;
         let info = tokio::select! {
             started = agents::start(&self.plugin, &engine, agent, ready) => started?,
@@ -789,6 +856,7 @@ impl Reconciler {
         };
         let spec = info.label(labels::SPEC).unwrap_or_default().to_string();
         self.record(&Agent { id: info.id.clone(), spec, ..agent.clone() }, true);
+        crate::metrics::global().agent_started(registry::engine_name(&agent.engine), began.elapsed());
         tracing::info!(agent = %agent.name, engine = %agent.engine, image = %agent.image, manual = agent.manual, "agent running");
         self.plugin.publish("agent-started", &agent.name, agent_event(agent, None)).await;
         Ok(info)
@@ -823,8 +891,8 @@ impl Reconciler {
     }
 
     /// A failed step of `agent`, published as `agent-failed`.
-    async fn failure(&self, doing: &'static str, agent: &Agent, source: AgentError) -> AgentFailure {
-        let failure = AgentFailure::new(doing, agent, source);
+    async fn failure(&self, step: Step, agent: &Agent, source: AgentError) -> AgentFailure {
+        let failure = AgentFailure::new(step, agent, source);
         self.plugin.publish("agent-failed", &agent.name, agent_event(agent, Some(&failure.to_string()))).await;
         failure
     }
@@ -832,8 +900,11 @@ impl Reconciler {
     /// Stops `agent` and forgets it. Caller holds the machine lock.
     pub async fn stop(&self, agent: &Agent) -> Result<bool, AgentFailure> {
         let stopped = async { Ok::<_, AgentError>(self.plugin.registry.resolve(&agent.engine)?.agent_stop(&agent.name).await?) };
-        let existed = stopped.await.map_err(|source| AgentFailure::new("stopping", agent, source))?;
+        let existed = stopped.await.map_err(|source| AgentFailure::new(Step::Stop, agent, source))?;
         self.record(agent, false);
+        if existed {
+            crate::metrics::global().agent_stopped(registry::engine_name(&agent.engine));
+        }
         if existed && agent.running {
             tracing::info!(agent = %agent.name, engine = %agent.engine, "agent stopped");
             self.plugin.publish("agent-stopped", &agent.name, agent_event(agent, None)).await;
@@ -864,6 +935,34 @@ impl Reconciler {
 
     pub fn context(&self, name: &str) -> Option<Context> {
         self.state().contexts.get(name).cloned()
+    }
+
+    /// Counts for the metrics listener, read off the cached state. No I/O.
+    pub fn census(&self) -> Census {
+        let state = self.state();
+        let mut census = Census { queued: state.queue.pending(), ..Census::default() };
+        for uuid in state.machines.keys() {
+            if let Some(engine) = self.wanted_engine(&state, uuid) {
+                let context = state.machines[uuid].context.clone();
+                *census.wanted.entry((context, engine)).or_default() += 1;
+            }
+        }
+        for agent in state.actual.values().flatten() {
+            let engine = registry::engine_name(&agent.engine).to_string();
+            if agent.running {
+                *census.running.entry((agent.context.clone(), engine.clone())).or_default() += 1;
+            }
+            census.engines.insert(engine);
+        }
+        census.engines.extend(self.engines_in_use(&state));
+        for failure in state.queue.failures().values() {
+            if failure.parked {
+                census.parked += 1;
+            } else if failure.next_try.is_some() {
+                census.retrying += 1;
+            }
+        }
+        census
     }
 
     /// A summary for the `agentStatus` action.

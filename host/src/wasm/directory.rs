@@ -18,6 +18,7 @@ use super::engine::WasmEngine;
 use super::provenance;
 use super::runtime::WasmRuntime;
 use crate::controller::reconciler::Reconciler;
+use crate::metrics::observed::Observed;
 use crate::plugin::Plugin;
 use crate::registry::Rekey;
 
@@ -31,7 +32,7 @@ pub(crate) struct Fingerprint {
 }
 
 enum Slot {
-    Loaded(Arc<WasmEngine>),
+    Loaded(Arc<Observed<WasmEngine>>),
     Broken(String),
 }
 
@@ -127,7 +128,7 @@ impl EngineDirectory {
                 );
                 let engine =
                     WasmEngine::new(name, Arc::clone(&self.runtime), loaded, &settings.engine_settings(name), settings.wasm_limits());
-                Slot::Loaded(Arc::new(engine))
+                Slot::Loaded(Arc::new(Observed::new(engine)))
             }
             Ok(Err(e)) => {
                 tracing::warn!("engine '{name}' not loaded: {e}");

@@ -22,6 +22,7 @@ use super::bindings::{self, Bindings, Contract, Described, EnginePre, v01, v02, 
 use super::runtime::{Limits, Loaded, WasmRuntime};
 use super::state::{Budget, GuestState, Progress};
 use crate::engine::{AgentInfo, AgentSpec, ArchiveStream, Engine, EngineError, EngineInfo};
+use crate::metrics::WasmEnd;
 use crate::options::{AgentOptions, MountType, feature};
 
 /// Idle instances kept per engine; more are created under load and dropped after.
@@ -143,6 +144,7 @@ impl WasmEngine {
             .await
             .map_err(|_| self.deadline_error("configure", &Budget::new(limits.deadline)))?
             .map_err(|e| self.trap_error("configure", &e, &Budget::new(limits.deadline), limits))?;
+        crate::metrics::global().wasm_call(&self.name, WasmEnd::Returned);
         configured.map_err(|e| self.guest_error(e))?;
         Ok(Instance { store, bindings, generation })
     }
@@ -180,6 +182,7 @@ impl WasmEngine {
             Ok(Err(trap)) => return Err(self.trap_error(what, &trap, &instance.store.data().budget, limits)),
             Ok(Ok(result)) => result,
         };
+        crate::metrics::global().wasm_call(&self.name, WasmEnd::Returned);
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < POOL_SIZE {
             pool.push(instance);
@@ -189,11 +192,14 @@ impl WasmEngine {
     }
 
     fn deadline_error(&self, what: &str, budget: &Budget) -> EngineError {
+        crate::metrics::global().wasm_call(&self.name, WasmEnd::DeadlineHit);
         EngineError::Failed { engine: self.name.clone(), cause: format!("{what} {}; the instance was discarded", budget.overrun()) }
     }
 
     fn trap_error(&self, what: &str, error: &wasmtime::Error, budget: &Budget, limits: Limits) -> EngineError {
         let detail = format!("{error:#}");
+        let end = if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) { WasmEnd::DeadlineHit } else { WasmEnd::Trapped };
+        crate::metrics::global().wasm_call(&self.name, end);
         let cause = match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => budget.overrun(),
             _ if detail.contains("forcing trap when growing memory") => {

@@ -93,6 +93,7 @@ async fn measure(world: &World, id: &str, runs: usize) -> anyhow::Result<Vec<Fig
     }
     let token = token_fetch(world, &uuid, runs).await?;
     let own = own_cost(world, &machine, &context, runs).await?;
+    let scraped = scraped_cost(world, &machine, &context, runs).await?;
     let engine = if id == "docker" { "dockerd" } else { "Podman (compat API)" };
     Ok(vec![
         Figure::new(SECTION, format!("agentStart → running ({id})"), "ms")
@@ -106,6 +107,11 @@ async fn measure(world: &World, id: &str, runs: usize) -> anyhow::Result<Vec<Fig
         Figure::new(SECTION, format!("  the plugin's own part ({id} run)"), "ms").value(median(&own), runs).note(
             "the same agentStart on the bundled null WASM engine, which starts nothing: socket, token, engine call, bookkeeping, event",
         ),
+        Figure::new(SECTION, format!("  the plugin's own part, metrics scraped ({id} run)"), "ms")
+            .value(median(&scraped), runs)
+            .baseline("the same without a metrics listener, this run", median(&own))
+            .goal(Goal::RatioAtMost(1.05))
+            .note("metrics-address set and /metrics fetched every 250 ms meanwhile (60 times Prometheus' default rate)"),
         Figure::new(SECTION, format!("  of which machine token fetch ({id} run)"), "ms")
             .value(median(&token), runs)
             .note("GET /api/v3/machines/{uuid}/token?ttl=3y against the simulator, with the plugin's own DrpClient (pooled HTTPS)"),
@@ -180,6 +186,30 @@ async fn own_cost(world: &World, machine: &serde_json::Value, context: &str, run
         }
     }
     Ok(times)
+}
+
+/// [`own_cost`] with the metrics listener on and scraped throughout.
+async fn scraped_cost(world: &World, machine: &serde_json::Value, context: &str, runs: usize) -> anyhow::Result<Vec<f64>> {
+    let at = ce_tests::prometheus::free_loopback()?;
+    let mut params = world.params();
+    params["context-engines/metrics-address"] = json!(at.to_string());
+    let (code, body) = world.plugin().config(params).await?;
+    if code != 200 {
+        bail!("config with a metrics address answered {code}: {body}");
+    }
+    let scraper = tokio::spawn(async move {
+        loop {
+            let _ = ce_tests::prometheus::get(at, "/metrics").await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let times = own_cost(world, machine, context, runs).await;
+    scraper.abort();
+    let (code, body) = world.plugin().config(world.params()).await?;
+    if code != 200 {
+        bail!("config without a metrics address answered {code}: {body}");
+    }
+    times
 }
 
 async fn token_fetch(world: &World, uuid: &str, runs: usize) -> anyhow::Result<Vec<f64>> {
