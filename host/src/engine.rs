@@ -110,7 +110,9 @@ pub struct EngineInfo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("engine '{engine}' cannot reach its runtime at {address}: {cause}")]
+    /// `address` is empty when the host does not know it (a WASM engine's runtime is
+    /// wherever its own settings point).
+    #[error("engine '{engine}' cannot reach its runtime{}: {cause}", if address.is_empty() { String::new() } else { format!(" at {address}") })]
     Unreachable { engine: String, address: String, cause: String },
     #[error("engine '{engine}': no such image: {image}")]
     ImageMissing { engine: String, image: String },

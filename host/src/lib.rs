@@ -4,6 +4,7 @@
 pub mod actions;
 pub mod agents;
 pub mod api_error;
+pub mod conformance;
 pub mod controller;
 pub mod drp;
 pub mod engine;

@@ -44,6 +44,42 @@ enum EnginesCommand {
     /// Print the SHA-256 of every engine file in DIR as JSON, ready to be the
     /// `context-engines/engine-sha256` param.
     Digests { dir: PathBuf },
+    /// Run the conformance kit: every engine-level behaviour of the contract, against
+    /// the engine's real runtime. One line per check, then `N passed, M failed`; exits
+    /// non-zero when a check fails. Everything it creates is removed at the end.
+    Test(TestArgs),
+}
+
+#[derive(clap::Args)]
+struct TestArgs {
+    /// The engine's `.wasm` file.
+    #[arg(required_unless_present = "native", conflicts_with = "native")]
+    file: Option<PathBuf>,
+    /// Test a native engine instead: `docker` or `podman`.
+    #[arg(long)]
+    native: Option<String>,
+    /// The engine's entry of `context-engines/engine-config`, as JSON, e.g.
+    /// '{"base-url":"http://127.0.0.1:2375","allowed-hosts":["127.0.0.1:2375"]}'.
+    #[arg(long, default_value = "{}")]
+    config: String,
+    /// Run only these check groups (describe, images, agents, limits), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Size of the large image archive in MiB (0 leaves that check out).
+    #[arg(long, default_value_t = 1024)]
+    large_mb: u64,
+    /// Network mode of the kit's agents.
+    #[arg(long, default_value = "host")]
+    network: String,
+    /// As `context-engines/wasm-memory-mb`.
+    #[arg(long, default_value_t = 64)]
+    memory_mb: u64,
+    /// As `context-engines/wasm-deadline-ms`.
+    #[arg(long, default_value_t = 30_000)]
+    deadline_ms: u64,
+    /// As `context-engines/wasm-max-instances`.
+    #[arg(long, default_value_t = 4)]
+    max_instances: usize,
 }
 
 fn main() -> ExitCode {
@@ -55,6 +91,7 @@ fn main() -> ExitCode {
         }
         Command::Listen { to_plugin_sock, from_plugin_sock } => listen(to_plugin_sock, from_plugin_sock),
         Command::Engines { command: EnginesCommand::Check { file } } => check_engine(&file),
+        Command::Engines { command: EnginesCommand::Test(args) } => test_engine(args),
         Command::Engines { command: EnginesCommand::Digests { dir } } => context_engines::wasm::provenance::digests(&dir)
             .map_err(|e| anyhow::anyhow!("engines digests: {e}"))
             .and_then(|digests| print_json(&serde_json::json!(digests))),
@@ -73,6 +110,34 @@ fn check_engine(file: &std::path::Path) -> anyhow::Result<()> {
     let report = runtime.block_on(context_engines::wasm::check::check(file)).map_err(|e| anyhow::anyhow!("engines check: {e}"))?;
     print!("{report}");
     Ok(())
+}
+
+fn test_engine(args: TestArgs) -> anyhow::Result<()> {
+    use context_engines::conformance::{self, Group, Options, Subject};
+    let groups = if args.only.is_empty() {
+        Group::ALL.to_vec()
+    } else {
+        args.only.iter().map(|g| Group::parse(g)).collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("engines test: --only: {e}"))?
+    };
+    let options = Options { groups, large_mb: args.large_mb, network: args.network };
+    let limits = context_engines::wasm::Limits {
+        deadline: Duration::from_millis(args.deadline_ms),
+        memory_bytes: usize::try_from(args.memory_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
+        max_instances: args.max_instances,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = runtime.block_on(async {
+        let subject = match (&args.file, &args.native) {
+            (_, Some(native)) => Subject::native(native, &args.config),
+            (Some(file), None) => Subject::wasm(file, &args.config, limits).await,
+            (None, None) => Err("name an engine file or --native".to_string()),
+        }
+        .map_err(|e| anyhow::anyhow!("engines test: {e}"))?;
+        let mut out = std::io::stdout();
+        Ok::<_, anyhow::Error>(conformance::run(subject, options, &mut out).await)
+    })?;
+    println!("{}", report.summary());
+    if report.failed() > 0 { Err(anyhow::anyhow!("engines test: {} of the checks failed", report.failed())) } else { Ok(()) }
 }
 
 fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {

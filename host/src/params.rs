@@ -27,6 +27,7 @@ pub const MAX_PARALLEL: &str = "context-engines/max-parallel";
 const MAX_PARALLEL_LIMIT: u64 = 4096;
 pub const WASM_DEADLINE_MS: &str = "context-engines/wasm-deadline-ms";
 pub const WASM_MEMORY_MB: &str = "context-engines/wasm-memory-mb";
+pub const WASM_MAX_INSTANCES: &str = "context-engines/wasm-max-instances";
 pub const RESYNC_SECS: &str = "context-engines/resync-secs";
 pub const AGENT_OPTIONS: &str = "context-engines/agent-options";
 pub const AGENT_OPTIONS_ENFORCED: &str = "context-engines/agent-options-enforced";
@@ -54,6 +55,7 @@ pub const ALL: &[&str] = &[
     MAX_PARALLEL,
     WASM_DEADLINE_MS,
     WASM_MEMORY_MB,
+    WASM_MAX_INSTANCES,
     RESYNC_SECS,
     AGENT_OPTIONS,
     AGENT_OPTIONS_ENFORCED,
@@ -101,6 +103,7 @@ pub struct Settings {
     pub max_parallel: usize,
     pub wasm_deadline_ms: u64,
     pub wasm_memory_mb: u64,
+    pub wasm_max_instances: u64,
     /// Seconds between full reconciles while connected; 0 turns them off.
     pub resync_secs: u64,
     /// Agent options of the plugin's own layers, and the gate for the others.
@@ -147,6 +150,7 @@ impl Settings {
             max_parallel: usize::try_from(max_parallel).unwrap_or(usize::MAX),
             wasm_deadline_ms: positive(params, WASM_DEADLINE_MS, 30_000)?,
             wasm_memory_mb: positive(params, WASM_MEMORY_MB, 64)?,
+            wasm_max_instances: at_most(WASM_MAX_INSTANCES, positive(params, WASM_MAX_INSTANCES, 4)?, 1024)?,
             resync_secs: at_most(RESYNC_SECS, whole(params, RESYNC_SECS, 300)?, 31_536_000)?,
             agent_options: PluginLayers {
                 defaults: agent_options(params, AGENT_OPTIONS)?,
@@ -175,6 +179,7 @@ impl Settings {
         crate::wasm::Limits {
             deadline: std::time::Duration::from_millis(self.wasm_deadline_ms),
             memory_bytes: usize::try_from(self.wasm_memory_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
+            max_instances: usize::try_from(self.wasm_max_instances).unwrap_or(usize::MAX),
         }
     }
 

@@ -113,9 +113,11 @@ pub fn image_tag_path(source: &str, target: &str) -> String {
     format!("/images/{}/tag?repo={}&tag={}", encode_path(source), encode(repo), encode(tag))
 }
 
-/// `DELETE /images/{name}?force=1`
+/// `DELETE /images/{name}`, never forced: Podman's forced removal takes the image's
+/// containers with it, running agents included. Unforced, the daemon refuses (409) to
+/// remove the last name of an image a container uses.
 pub fn image_remove_path(name: &str) -> String {
-    format!("/images/{}?force=1", encode_path(name))
+    format!("/images/{}", encode_path(name))
 }
 
 /// `POST /images/load?quiet=1`
@@ -136,12 +138,10 @@ pub fn container_start_path(id: &str) -> String {
     format!("/containers/{}/start", encode(id))
 }
 
-/// Grace period for `processjobs` to finish its current step before it is killed.
-pub const STOP_GRACE_SECS: u32 = 10;
-
-/// `POST /containers/{name}/stop?t=10`
+/// `POST /containers/{name}/stop`, without `t`: the daemon waits the agent's own stop
+/// timeout (`stop-timeout-secs`, else 10 s) before it kills.
 pub fn container_stop_path(name: &str) -> String {
-    format!("/containers/{}/stop?t={STOP_GRACE_SECS}", encode(name))
+    format!("/containers/{}/stop", encode(name))
 }
 
 /// `DELETE /containers/{id}?force=1`
@@ -305,6 +305,9 @@ pub struct ContainerInspect {
 struct ContainerState {
     #[serde(rename = "Running", default)]
     running: Option<bool>,
+    /// True between a restart policy's attempts, when `Running` is still true.
+    #[serde(rename = "Restarting", default)]
+    restarting: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,7 +322,7 @@ impl ContainerInspect {
         AgentInfo {
             name: name.to_string(),
             id: self.id,
-            running: self.state.and_then(|s| s.running).unwrap_or(false),
+            running: self.state.is_some_and(|s| s.running == Some(true) && s.restarting != Some(true)),
             labels: self.config.and_then(|c| c.labels).unwrap_or_default().into_iter().collect(),
         }
     }

@@ -89,13 +89,13 @@ impl DockerApi {
     fn find_image(&self, image: &str) -> Result<Option<(String, api::ImageInspect)>> {
         for candidate in api::candidates(image) {
             let path = api::image_inspect_path(&candidate);
-            let response = self.call(Method::Get, &path, Payload::None)?;
+            let response = self.call(Method::GET, &path, Payload::None)?;
             match response.status() {
                 200 => {
-                    return Ok(Some((candidate, self.parse(&Method::Get, &path, &response)?)));
+                    return Ok(Some((candidate, self.parse(&Method::GET, &path, &response)?)));
                 }
                 404 => continue,
-                _ => return Err(self.status_error(&Method::Get, &path, &response)),
+                _ => return Err(self.status_error(&Method::GET, &path, &response)),
             }
         }
         Ok(None)
@@ -104,11 +104,11 @@ impl DockerApi {
     /// The agent named `name`, if the daemon has a container of that name.
     fn inspect_agent(&self, name: &str) -> Result<Option<AgentInfo>> {
         let path = api::container_inspect_path(name);
-        let response = self.call(Method::Get, &path, Payload::None)?;
+        let response = self.call(Method::GET, &path, Payload::None)?;
         match response.status() {
-            200 => Ok(Some(self.parse::<api::ContainerInspect>(&Method::Get, &path, &response)?.into_agent(name))),
+            200 => Ok(Some(self.parse::<api::ContainerInspect>(&Method::GET, &path, &response)?.into_agent(name))),
             404 => Ok(None),
-            _ => Err(self.status_error(&Method::Get, &path, &response)),
+            _ => Err(self.status_error(&Method::GET, &path, &response)),
         }
     }
 
@@ -116,38 +116,38 @@ impl DockerApi {
     /// false when there was none.
     fn remove_container(&self, id: &str) -> Result<bool> {
         let path = api::container_remove_path(id);
-        let response = self.call(Method::Delete, &path, Payload::None)?;
+        let response = self.call(Method::DELETE, &path, Payload::None)?;
         match response.status() {
             200..=299 => Ok(true),
             404 => Ok(false),
             // Removal already in progress (a concurrent stop): the outcome is the same.
             409 => Ok(true),
-            _ => Err(self.status_error(&Method::Delete, &path, &response)),
+            _ => Err(self.status_error(&Method::DELETE, &path, &response)),
         }
     }
 
     /// Creates and starts the agent from `image`, the name the daemon has it under.
     fn create_and_start(&self, spec: AgentSpec, image: &str) -> Result<AgentInfo> {
         let path = api::container_create_path(&spec.name);
-        let response = self.call(Method::Post, &path, Payload::Json(api::create_body(&spec, image)))?;
+        let response = self.call(Method::POST, &path, Payload::Json(api::create_body(&spec, image)))?;
         let created: api::Created = match response.status() {
-            200..=299 => self.parse(&Method::Post, &path, &response)?,
+            200..=299 => self.parse(&Method::POST, &path, &response)?,
             404 => {
                 return Err(EngineError::ImageMissing(format!(
                     "{}: {}: {}",
-                    self.context(&Method::Post, &path),
+                    self.context(&Method::POST, &path),
                     response.status_line(),
                     api::error_message(response.body())
                 )));
             }
-            _ => return Err(self.status_error(&Method::Post, &path, &response)),
+            _ => return Err(self.status_error(&Method::POST, &path, &response)),
         };
 
         let path = api::container_start_path(&created.id);
-        let response = self.call(Method::Post, &path, Payload::None)?;
+        let response = self.call(Method::POST, &path, Payload::None)?;
         // 304: already started.
         if !(response.is_success() || response.status() == 304) {
-            let error = self.status_error(&Method::Post, &path, &response);
+            let error = self.status_error(&Method::POST, &path, &response);
             // A created-but-unstartable container would block the name forever.
             let _ = self.remove_container(&created.id);
             return Err(error);
@@ -176,8 +176,8 @@ impl Engine for DockerApi {
 
     fn image_load(&mut self, image: &str, archive: Archive) -> Result<()> {
         let path = api::IMAGE_LOAD_PATH;
-        let response = self.call(Method::Post, path, Payload::Archive(archive))?;
-        let context = self.context(&Method::Post, path);
+        let response = self.call(Method::POST, path, Payload::Archive(archive))?;
+        let context = self.context(&Method::POST, path);
         if !response.is_success() {
             return Err(EngineError::BadArchive(format!("{context}: {}: {}", response.status_line(), api::error_message(response.body()))));
         }
@@ -198,7 +198,7 @@ impl Engine for DockerApi {
         let mut refused = None;
         for candidate in api::candidates(source) {
             let path = api::image_tag_path(&candidate, target);
-            let response = self.call(Method::Post, &path, Payload::None)?;
+            let response = self.call(Method::POST, &path, Payload::None)?;
             match response.status() {
                 200..=299 => return Ok(()),
                 // Keep the first refusal: it names the image as the caller did.
@@ -207,12 +207,12 @@ impl Engine for DockerApi {
                         refused = Some((path, response));
                     }
                 }
-                _ => return Err(self.status_error(&Method::Post, &path, &response)),
+                _ => return Err(self.status_error(&Method::POST, &path, &response)),
             }
         }
         let detail = refused
             .map(|(path, response)| {
-                format!("{}: {}: {}", self.context(&Method::Post, &path), response.status_line(), api::error_message(response.body()))
+                format!("{}: {}: {}", self.context(&Method::POST, &path), response.status_line(), api::error_message(response.body()))
             })
             .unwrap_or_default();
         Err(EngineError::ImageMissing(detail))
@@ -221,11 +221,11 @@ impl Engine for DockerApi {
     fn image_remove(&mut self, image: &str) -> Result<bool> {
         for candidate in api::candidates(image) {
             let path = api::image_remove_path(&candidate);
-            let response = self.call(Method::Delete, &path, Payload::None)?;
+            let response = self.call(Method::DELETE, &path, Payload::None)?;
             match response.status() {
                 200..=299 => return Ok(true),
                 404 => continue,
-                _ => return Err(self.status_error(&Method::Delete, &path, &response)),
+                _ => return Err(self.status_error(&Method::DELETE, &path, &response)),
             }
         }
         Ok(false)
@@ -261,7 +261,7 @@ impl Engine for DockerApi {
 
     fn agent_stop(&mut self, name: &str) -> Result<bool> {
         let path = api::container_stop_path(name);
-        let response = self.call(Method::Post, &path, Payload::None)?;
+        let response = self.call(Method::POST, &path, Payload::None)?;
         if response.status() == 404 {
             return Ok(false);
         }
@@ -271,21 +271,21 @@ impl Engine for DockerApi {
 
     fn agent_list(&mut self, labels: &[(String, String)]) -> Result<Vec<AgentInfo>> {
         let path = api::container_list_path(labels);
-        let response = self.call(Method::Get, &path, Payload::None)?;
+        let response = self.call(Method::GET, &path, Payload::None)?;
         if !response.is_success() {
-            return Err(self.status_error(&Method::Get, &path, &response));
+            return Err(self.status_error(&Method::GET, &path, &response));
         }
-        let found: Vec<api::ContainerSummary> = self.parse(&Method::Get, &path, &response)?;
+        let found: Vec<api::ContainerSummary> = self.parse(&Method::GET, &path, &response)?;
         Ok(found.into_iter().map(api::ContainerSummary::into_agent).collect())
     }
 
     fn agent_logs(&mut self, name: &str, lines: u32) -> Result<Vec<String>> {
         let path = api::container_logs_path(name, lines);
-        let response = self.call(Method::Get, &path, Payload::None)?;
+        let response = self.call(Method::GET, &path, Payload::None)?;
         match response.status() {
             200..=299 => Ok(api::log_lines(response.body(), lines)),
-            404 => Err(EngineError::Rejected(format!("{}: no agent named {name}", self.context(&Method::Get, &path)))),
-            _ => Err(self.status_error(&Method::Get, &path, &response)),
+            404 => Err(EngineError::Rejected(format!("{}: no agent named {name}", self.context(&Method::GET, &path)))),
+            _ => Err(self.status_error(&Method::GET, &path, &response)),
         }
     }
 }

@@ -1,21 +1,31 @@
-//! A small blocking HTTP client over `wasi:http/outgoing-handler@0.2.12`.
+//! A small blocking HTTP client over `wasi:http/outgoing-handler@0.2.12`, speaking the
+//! types of the [`http`] crate ([`Method`], [`StatusCode`], [`HeaderMap`], …).
 //!
 //! The host sends the request for the engine, and only to the `host:port`s listed in the
 //! engine's `allowed-hosts` setting; any other destination fails with
 //! [`HttpError::Denied`]. TLS (an `https://` URL) is done by the host.
 //!
-//! ```ignore
-//! use context_engines_sdk::http::Request;
+//! ```no_run
+//! use context_engines_sdk::http::{Request, encode};
 //!
-//! let response = Request::get("http://127.0.0.1:2375/v1.41/version").send()?;
+//! # fn main() -> Result<(), context_engines_sdk::http::HttpError> {
+//! let url = format!("http://127.0.0.1:2375/v1.41/containers/{}/json", encode("my agent"));
+//! let response = Request::get(url).send()?;
 //! if response.is_success() {
-//!     let version: serde_json::Value = response.json()?;
+//!     let inspect: serde_json::Value = response.json()?;
+//! } else {
+//!     eprintln!("{}", response.status_line()); // e.g. "404 Not Found"
 //! }
+//! # Ok(())
+//! # }
 //! ```
 
 use std::fmt;
 use std::time::Duration;
 
+use ::http::uri::Scheme;
+pub use ::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -31,60 +41,28 @@ const SPLICE_CHUNK: u64 = 1 << 20;
 /// Size of one read of a response body.
 const READ_CHUNK: u64 = 64 * 1024;
 
-/// An HTTP method.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Method {
-    /// `GET`
-    Get,
-    /// `HEAD`
-    Head,
-    /// `POST`
-    Post,
-    /// `PUT`
-    Put,
-    /// `DELETE`
-    Delete,
-    /// `PATCH`
-    Patch,
-    /// `OPTIONS`
-    Options,
-    /// Any other method, by name.
-    Other(String),
+/// Everything but RFC 3986's unreserved characters (`A-Z a-z 0-9 - _ . ~`).
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+/// [`COMPONENT`] keeping the `/` between segments, and `:` and `@` of image references.
+const PATH: &AsciiSet = &COMPONENT.remove(b'/').remove(b':').remove(b'@');
+
+/// Percent-encodes `text` for a query value or a path segment: everything but
+/// `A-Z a-z 0-9 - _ . ~` is escaped.
+pub fn encode(text: &str) -> String {
+    utf8_percent_encode(text, COMPONENT).to_string()
 }
 
-impl fmt::Display for Method {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Method::Get => "GET",
-            Method::Head => "HEAD",
-            Method::Post => "POST",
-            Method::Put => "PUT",
-            Method::Delete => "DELETE",
-            Method::Patch => "PATCH",
-            Method::Options => "OPTIONS",
-            Method::Other(m) => m,
-        })
-    }
-}
-
-impl Method {
-    fn to_wit(&self) -> wit::Method {
-        match self {
-            Method::Get => wit::Method::Get,
-            Method::Head => wit::Method::Head,
-            Method::Post => wit::Method::Post,
-            Method::Put => wit::Method::Put,
-            Method::Delete => wit::Method::Delete,
-            Method::Patch => wit::Method::Patch,
-            Method::Options => wit::Method::Options,
-            Method::Other(m) => wit::Method::Other(m.clone()),
-        }
-    }
+/// Percent-encodes `text` for a path whose `/` separate segments (`:` and `@` kept too, as
+/// in image references like `reg:5000/foo/bar:1` or `foo@sha256:…`).
+pub fn encode_path(text: &str) -> String {
+    utf8_percent_encode(text, PATH).to_string()
 }
 
 /// A request body.
 pub enum Body {
-    /// No body (`content-length: 0` is sent for `POST`, `PUT` and `PATCH`).
+    /// No body: `content-length: 0` is sent, except for `GET` and `HEAD`, which send no
+    /// framing at all (a body of unknown length would go chunked, which some servers
+    /// refuse, e.g. dockerd on `POST …/start`).
     Empty,
     /// Bytes held in memory, sent with a `content-length`.
     Bytes(Vec<u8>),
@@ -103,7 +81,13 @@ impl fmt::Debug for Body {
     }
 }
 
-/// Why a request got no response.
+impl From<Archive> for Body {
+    fn from(archive: Archive) -> Body {
+        Body::Stream(archive.into_stream())
+    }
+}
+
+/// Why a request got no response. Every message starts with the method and URL.
 ///
 /// A response with an error status (4xx, 5xx) is *not* an `HttpError`: it is a
 /// [`Response`] whose [`status`](Response::status) says so.
@@ -147,7 +131,7 @@ impl std::error::Error for HttpError {}
 pub struct Request {
     method: Method,
     url: String,
-    headers: Vec<(String, Vec<u8>)>,
+    headers: HeaderMap,
     body: Body,
     connect_timeout: Option<Duration>,
     first_byte_timeout: Option<Duration>,
@@ -163,7 +147,7 @@ impl Request {
         Request {
             method,
             url: url.into(),
-            headers: Vec::new(),
+            headers: HeaderMap::new(),
             body: Body::Empty,
             connect_timeout: None,
             first_byte_timeout: None,
@@ -174,28 +158,43 @@ impl Request {
 
     /// A `GET` request.
     pub fn get(url: impl Into<String>) -> Request {
-        Request::new(Method::Get, url)
+        Request::new(Method::GET, url)
     }
 
     /// A `POST` request.
     pub fn post(url: impl Into<String>) -> Request {
-        Request::new(Method::Post, url)
+        Request::new(Method::POST, url)
     }
 
     /// A `PUT` request.
     pub fn put(url: impl Into<String>) -> Request {
-        Request::new(Method::Put, url)
+        Request::new(Method::PUT, url)
     }
 
     /// A `DELETE` request.
     pub fn delete(url: impl Into<String>) -> Request {
-        Request::new(Method::Delete, url)
+        Request::new(Method::DELETE, url)
     }
 
-    /// Adds a header (several of one name are all sent). The host forbids a few
-    /// (`host`, `connection`, `transfer-encoding`, …): it sets them itself.
-    pub fn header(mut self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Request {
-        self.headers.push((name.into().to_ascii_lowercase(), value.as_ref().to_vec()));
+    /// Adds a header (several of one name are all sent); `name` and `value` are anything
+    /// [`HeaderName`] and [`HeaderValue`] convert from (`&str`, `String`, bytes,
+    /// constants of [`header`]). An invalid one fails [`send`](Request::send) with
+    /// [`HttpError::Invalid`]. The host forbids a few (`host`, `connection`,
+    /// `transfer-encoding`, …): it sets them itself.
+    pub fn header<K, V>(mut self, name: K, value: V) -> Request
+    where
+        HeaderName: TryFrom<K>,
+        <HeaderName as TryFrom<K>>::Error: Into<::http::Error>,
+        HeaderValue: TryFrom<V>,
+        <HeaderValue as TryFrom<V>>::Error: Into<::http::Error>,
+    {
+        match (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            (Ok(name), Ok(value)) => {
+                self.headers.append(name, value);
+            }
+            (Err(e), _) => self.invalid = Some(e.into().to_string()),
+            (_, Err(e)) => self.invalid = Some(e.into().to_string()),
+        }
         self
     }
 
@@ -211,12 +210,12 @@ impl Request {
             Ok(bytes) => self.body = Body::Bytes(bytes),
             Err(e) => self.invalid = Some(format!("the JSON body cannot be serialized: {e}")),
         }
-        self.header("content-type", "application/json")
+        self.header(header::CONTENT_TYPE, "application/json")
     }
 
     /// Streams the body from `stream` (an [`Archive`], or any `wasi:io` input stream)
     /// until it ends, through `output-stream.blocking-splice`: the bytes go from the
-    /// source to the connection without being collected.
+    /// source to the connection without being collected in the engine's memory.
     pub fn stream_body(mut self, stream: impl Into<InputStream>) -> Request {
         self.body = Body::Stream(stream.into());
         self
@@ -242,37 +241,41 @@ impl Request {
 
     /// Sends the request, then reads the whole response.
     pub fn send(self) -> Result<Response, HttpError> {
-        if let Some(problem) = self.invalid {
-            return Err(HttpError::Invalid(format!("{} {}: {problem}", self.method, self.url)));
-        }
         let what = format!("{} {}", self.method, self.url);
-        let url = Url::parse(&self.url).map_err(|e| HttpError::Invalid(format!("{what}: {e}")))?;
+        let invalid = |problem: &str| HttpError::Invalid(format!("{what}: {problem}"));
+        if let Some(problem) = &self.invalid {
+            return Err(invalid(problem));
+        }
+        let (scheme, authority, path_with_query) = split_url(&self.url).map_err(|e| invalid(&e))?;
 
         let mut headers = self.headers;
         let length = match &self.body {
-            Body::Empty if matches!(self.method, Method::Post | Method::Put | Method::Patch) => Some(0),
             Body::Bytes(bytes) => Some(bytes.len()),
+            Body::Empty if !matches!(self.method, Method::GET | Method::HEAD) => Some(0),
             Body::Empty | Body::Stream(_) => None,
         };
-        if let Some(length) = length
-            && !headers.iter().any(|(n, _)| n == "content-length")
-        {
-            headers.push(("content-length".to_string(), length.to_string().into_bytes()));
+        if let Some(length) = length {
+            headers.entry(header::CONTENT_LENGTH).or_insert_with(|| HeaderValue::from(length));
         }
-        let fields = wit::Fields::from_list(&headers).map_err(|e| HttpError::Invalid(format!("{what}: bad header: {e:?}")))?;
+        let entries: Vec<(String, Vec<u8>)> = headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect();
+        let fields = wit::Fields::from_list(&entries).map_err(|e| invalid(&format!("header refused by the host: {e:?}")))?;
 
         let request = wit::OutgoingRequest::new(fields);
-        request.set_method(&self.method.to_wit()).map_err(|()| HttpError::Invalid(format!("{what}: bad method")))?;
-        request.set_scheme(Some(&url.scheme)).map_err(|()| HttpError::Invalid(format!("{what}: bad scheme")))?;
-        request.set_authority(Some(&url.authority)).map_err(|()| HttpError::Invalid(format!("{what}: bad authority")))?;
-        request.set_path_with_query(Some(&url.path_with_query)).map_err(|()| HttpError::Invalid(format!("{what}: bad path")))?;
-        let outgoing_body = request.body().map_err(|()| HttpError::Invalid(format!("{what}: request body unavailable")))?;
+        request.set_method(&wit_method(&self.method)).map_err(|()| invalid("method refused by the host"))?;
+        let scheme = match scheme {
+            s if s == Scheme::HTTP => wit::Scheme::Http,
+            s if s == Scheme::HTTPS => wit::Scheme::Https,
+            s => wit::Scheme::Other(s.to_string()),
+        };
+        request.set_scheme(Some(&scheme)).map_err(|()| invalid("scheme refused by the host"))?;
+        request.set_authority(Some(&authority)).map_err(|()| invalid("authority refused by the host"))?;
+        request.set_path_with_query(Some(&path_with_query)).map_err(|()| invalid("path refused by the host"))?;
+        let outgoing_body = request.body().map_err(|()| invalid("request body unavailable"))?;
 
         let options = timeouts(self.connect_timeout, self.first_byte_timeout, self.between_bytes_timeout);
         let future = outgoing_handler::handle(request, options).map_err(|code| from_code(&what, &code))?;
 
-        let sent = write_body(&outgoing_body, self.body);
-        let sent = match sent {
+        let sent = match write_body(&outgoing_body, self.body) {
             Ok(()) => wit::OutgoingBody::finish(outgoing_body, None)
                 .map_err(|code| format!("finishing the request body: {}", describe_code(&code))),
             Err(e) => {
@@ -294,21 +297,49 @@ impl Request {
     }
 }
 
+/// `scheme://authority/path?query#fragment` → (scheme, authority, `/path?query`).
+fn split_url(url: &str) -> Result<(Scheme, String, String), String> {
+    let uri: Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+        return Err("the URL is not absolute (expected e.g. http://host:port/path)".to_string());
+    };
+    if authority.as_str().contains('@') {
+        return Err("credentials in the URL are not supported".to_string());
+    }
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    Ok((scheme.clone(), authority.to_string(), format!("{}{query}", uri.path())))
+}
+
+fn wit_method(method: &Method) -> wit::Method {
+    match *method {
+        Method::GET => wit::Method::Get,
+        Method::HEAD => wit::Method::Head,
+        Method::POST => wit::Method::Post,
+        Method::PUT => wit::Method::Put,
+        Method::DELETE => wit::Method::Delete,
+        Method::CONNECT => wit::Method::Connect,
+        Method::OPTIONS => wit::Method::Options,
+        Method::TRACE => wit::Method::Trace,
+        Method::PATCH => wit::Method::Patch,
+        _ => wit::Method::Other(method.to_string()),
+    }
+}
+
 fn timeouts(connect: Option<Duration>, first_byte: Option<Duration>, between_bytes: Option<Duration>) -> Option<wit::RequestOptions> {
     if connect.is_none() && first_byte.is_none() && between_bytes.is_none() {
         return None;
     }
-    let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let nanos = |d: Duration| Some(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     let options = wit::RequestOptions::new();
     // A host that does not support a timeout refuses it; its default then applies.
     if let Some(d) = connect {
-        let _ = options.set_connect_timeout(Some(nanos(d)));
+        let _ = options.set_connect_timeout(nanos(d));
     }
     if let Some(d) = first_byte {
-        let _ = options.set_first_byte_timeout(Some(nanos(d)));
+        let _ = options.set_first_byte_timeout(nanos(d));
     }
     if let Some(d) = between_bytes {
-        let _ = options.set_between_bytes_timeout(Some(nanos(d)));
+        let _ = options.set_between_bytes_timeout(nanos(d));
     }
     Some(options)
 }
@@ -323,15 +354,13 @@ fn write_body(body: &wit::OutgoingBody, content: Body) -> Result<(), String> {
     match content {
         Body::Empty => Ok(()),
         Body::Bytes(bytes) => {
-            for chunk in bytes.chunks(WRITE_CHUNK) {
-                out.blocking_write_and_flush(chunk).map_err(|e| stream_error(e, "writing"))?;
-            }
-            Ok(())
+            bytes.chunks(WRITE_CHUNK).try_for_each(|chunk| out.blocking_write_and_flush(chunk).map_err(|e| stream_error(e, "writing")))
         }
         Body::Stream(input) => splice_all(&out, &input),
     }
 }
 
+/// Has the host move `input` into `out` until `input` ends, never through guest memory.
 fn splice_all(out: &OutputStream, input: &InputStream) -> Result<(), String> {
     let mut sent: u64 = 0;
     loop {
@@ -345,10 +374,7 @@ fn splice_all(out: &OutputStream, input: &InputStream) -> Result<(), String> {
                     Err(_) => Err(format!("the connection closed after {sent} bytes of the body")),
                 };
             }
-            Err(StreamError::LastOperationFailed(e)) => {
-                let cause = wit::http_error_code(&e).map(|code| describe_code(&code)).unwrap_or_else(|| e.to_debug_string());
-                return Err(format!("failed after {sent} bytes: {cause}"));
-            }
+            Err(e) => return Err(stream_error(e, &format!("failed after {sent} bytes"))),
         }
     }
 }
@@ -367,36 +393,33 @@ fn stream_error(e: StreamError, doing: &str) -> String {
 fn wait(future: &wit::FutureIncomingResponse) -> Result<wit::IncomingResponse, wit::ErrorCode> {
     loop {
         if let Some(outcome) = future.get() {
-            return match outcome {
-                Ok(result) => result,
-                Err(()) => Err(wit::ErrorCode::InternalError(Some("response already taken".into()))),
-            };
+            return outcome.unwrap_or_else(|()| Err(wit::ErrorCode::InternalError(Some("response already taken".into()))));
         }
-        let pollable = future.subscribe();
-        pollable.block();
-        // `pollable` is a child of `future`: dropped here, before it.
+        // The pollable is a child of `future`: dropped at the end of this statement, before it.
+        future.subscribe().block();
     }
 }
 
 fn read_response(what: &str, response: wit::IncomingResponse) -> Result<Response, HttpError> {
-    let status = response.status();
-    let headers = {
-        let fields = response.headers();
-        fields.entries().into_iter().collect::<Vec<(String, Vec<u8>)>>()
-    };
-    let incoming = response.consume().map_err(|()| HttpError::Body(format!("{what}: the response body is unavailable")))?;
-    let stream = incoming.stream().map_err(|()| HttpError::Body(format!("{what}: the response body is unavailable")))?;
+    let status = StatusCode::from_u16(response.status()).map_err(|e| HttpError::Transport(format!("{what}: {e}")))?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in response.headers().entries() {
+        // The host validated them already; anything it let through that `http` refuses is dropped.
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(&value)) {
+            headers.append(name, value);
+        }
+    }
+    let unavailable = || HttpError::Body(format!("{what}: the response body is unavailable"));
+    let incoming = response.consume().map_err(|()| unavailable())?;
+    let stream = incoming.stream().map_err(|()| unavailable())?;
     let mut body = Vec::new();
     let outcome = loop {
         match stream.blocking_read(READ_CHUNK) {
             Ok(bytes) => body.extend_from_slice(&bytes),
             Err(StreamError::Closed) => break Ok(()),
             Err(e) => {
-                break Err(HttpError::Body(format!(
-                    "{what}: reading the response body after {} bytes: {}",
-                    body.len(),
-                    stream_error(e, "reading")
-                )));
+                let cause = stream_error(e, "reading");
+                break Err(HttpError::Body(format!("{what}: reading the response body after {} bytes: {cause}", body.len())));
             }
         }
     };
@@ -408,86 +431,82 @@ fn read_response(what: &str, response: wit::IncomingResponse) -> Result<Response
 }
 
 fn from_code(what: &str, code: &wit::ErrorCode) -> HttpError {
+    use wit::ErrorCode as E;
     let message = format!("{what}: {}", describe_code(code));
     match code {
-        wit::ErrorCode::HttpRequestDenied | wit::ErrorCode::DestinationIpProhibited => HttpError::Denied(message),
-        wit::ErrorCode::HttpRequestMethodInvalid
-        | wit::ErrorCode::HttpRequestUriInvalid
-        | wit::ErrorCode::HttpRequestUriTooLong
-        | wit::ErrorCode::HttpRequestHeaderSectionSize(_)
-        | wit::ErrorCode::HttpRequestHeaderSize(_) => HttpError::Invalid(message),
+        E::HttpRequestDenied | E::DestinationIpProhibited => HttpError::Denied(message),
+        E::HttpRequestMethodInvalid
+        | E::HttpRequestUriInvalid
+        | E::HttpRequestUriTooLong
+        | E::HttpRequestHeaderSectionSize(_)
+        | E::HttpRequestHeaderSize(_) => HttpError::Invalid(message),
         _ => HttpError::Transport(message),
     }
 }
 
-/// `error-code` in words.
+/// `wasi:http`'s `error-code` in words: its WIT name as words (`connection refused`,
+/// `dns timeout`, …) with its payload, if any.
 fn describe_code(code: &wit::ErrorCode) -> String {
-    use wit::ErrorCode as E;
     match code {
-        E::DnsTimeout => "DNS lookup timed out".into(),
-        E::DnsError(p) => match (&p.rcode, p.info_code) {
-            (Some(rcode), _) => format!("DNS error ({rcode})"),
-            (None, Some(info)) => format!("DNS error (info code {info})"),
-            (None, None) => "DNS error".into(),
-        },
-        E::DestinationNotFound => "destination not found".into(),
-        E::DestinationUnavailable => "destination unavailable".into(),
-        E::DestinationIpProhibited => "destination IP address prohibited".into(),
-        E::DestinationIpUnroutable => "destination IP address unroutable".into(),
-        E::ConnectionRefused => "connection refused".into(),
-        E::ConnectionTerminated => "connection terminated".into(),
-        E::ConnectionTimeout => "connection timed out".into(),
-        E::ConnectionReadTimeout => "timed out reading from the connection".into(),
-        E::ConnectionWriteTimeout => "timed out writing to the connection".into(),
-        E::ConnectionLimitReached => "connection limit reached".into(),
-        E::TlsProtocolError => "TLS protocol error".into(),
-        E::TlsCertificateError => "TLS certificate error".into(),
-        E::TlsAlertReceived(p) => format!("TLS alert received{}", p.alert_message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()),
-        E::HttpRequestDenied => "request denied by the host (destination not in the engine's allowed-hosts)".into(),
-        E::HttpResponseIncomplete => "incomplete response".into(),
-        E::HttpResponseTimeout => "timed out waiting for the response".into(),
-        E::HttpProtocolError => "HTTP protocol error".into(),
-        E::InternalError(Some(m)) => format!("internal error: {m}"),
-        E::InternalError(None) => "internal error".into(),
-        other => format!("{other:?}").trim_start_matches("ErrorCode::").to_string(),
+        wit::ErrorCode::HttpRequestDenied => "request denied by the host (destination not in the engine's allowed-hosts)".into(),
+        wit::ErrorCode::InternalError(Some(detail)) => format!("internal error: {detail}"),
+        other => {
+            let debug = format!("{other:?}");
+            let debug = debug.trim_start_matches("ErrorCode::");
+            let (name, payload) = debug.split_at(debug.find('(').unwrap_or(debug.len()));
+            let mut words = String::new();
+            for c in name.chars() {
+                if c.is_ascii_uppercase() && !words.is_empty() {
+                    words.push(' ');
+                }
+                words.push(c.to_ascii_lowercase());
+            }
+            format!("{words}{payload}")
+        }
     }
 }
 
 /// A response, with its whole body.
 #[derive(Debug, Clone)]
 pub struct Response {
-    status: u16,
-    headers: Vec<(String, Vec<u8>)>,
+    status: StatusCode,
+    headers: HeaderMap,
     body: Vec<u8>,
 }
 
 impl Response {
-    /// The status code.
+    /// The status code as a number (`match response.status() { 200 => …, 404 => … }`).
     pub fn status(&self) -> u16 {
+        self.status.as_u16()
+    }
+
+    /// The status code.
+    pub fn status_code(&self) -> StatusCode {
         self.status
     }
 
     /// Whether the status is 2xx.
     pub fn is_success(&self) -> bool {
-        (200..300).contains(&self.status)
+        self.status.is_success()
     }
 
-    /// The status code with its reason phrase, e.g. `409 Conflict`.
+    /// The status code with its reason phrase, e.g. `409 Conflict` (only the code when it
+    /// has no standard reason).
     pub fn status_line(&self) -> String {
-        match reason_phrase(self.status) {
-            "" => self.status.to_string(),
-            reason => format!("{} {reason}", self.status),
+        match self.status.canonical_reason() {
+            Some(reason) => format!("{} {reason}", self.status.as_str()),
+            None => self.status.as_str().to_string(),
         }
     }
 
-    /// All headers, names in lower case, in the order received.
-    pub fn headers(&self) -> &[(String, Vec<u8>)] {
+    /// All headers.
+    pub fn headers(&self) -> &HeaderMap {
         &self.headers
     }
 
     /// The first value of header `name` (case-insensitive), if present and UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).and_then(|(_, v)| std::str::from_utf8(v).ok())
+        self.headers.get(name).and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
     }
 
     /// The body.
@@ -508,122 +527,16 @@ impl Response {
     /// The body parsed as JSON.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, HttpError> {
         serde_json::from_slice(&self.body)
-            .map_err(|e| HttpError::Decode(format!("status {}: the body is not the JSON expected: {e}", self.status)))
+            .map_err(|e| HttpError::Decode(format!("status {}: the body is not the JSON expected: {e}", self.status.as_str())))
     }
 }
 
-/// The standard reason phrase of `status` ("" when unknown).
-pub fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        101 => "Switching Protocols",
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        206 => "Partial Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        304 => "Not Modified",
-        307 => "Temporary Redirect",
-        308 => "Permanent Redirect",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        406 => "Not Acceptable",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        410 => "Gone",
-        411 => "Length Required",
-        412 => "Precondition Failed",
-        413 => "Payload Too Large",
-        414 => "URI Too Long",
-        415 => "Unsupported Media Type",
-        422 => "Unprocessable Entity",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "",
-    }
-}
-
-/// Percent-encodes `text` for a query value or a path segment: everything but
-/// `A-Z a-z 0-9 - _ . ~` is escaped.
-pub fn encode(text: &str) -> String {
-    encode_keeping(text, b"")
-}
-
-/// Percent-encodes `text` for a path whose `/` separate segments (`:` and `@` kept too, as
-/// in image references like `reg:5000/foo/bar:1` or `foo@sha256:…`).
-pub fn encode_path(text: &str) -> String {
-    encode_keeping(text, b"/:@")
-}
-
-fn encode_keeping(text: &str, keep: &[u8]) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || keep.contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// A URL split as `outgoing-request` wants it.
-struct Url {
-    scheme: wit::Scheme,
-    authority: String,
-    path_with_query: String,
-}
-
-impl Url {
-    fn parse(url: &str) -> Result<Url, String> {
-        let (scheme, rest) = split_url(url)?;
-        let scheme = match scheme.to_ascii_lowercase().as_str() {
-            "http" => wit::Scheme::Http,
-            "https" => wit::Scheme::Https,
-            other => wit::Scheme::Other(other.to_string()),
-        };
-        let (authority, path_with_query) = rest;
-        Ok(Url { scheme, authority: authority.to_string(), path_with_query })
-    }
-}
-
-/// `scheme://authority/path?query#fragment` → (scheme, (authority, "/path?query")).
-fn split_url(url: &str) -> Result<(&str, (&str, String)), String> {
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| "the URL has no scheme (expected e.g. http://host:port/path)".to_string())?;
-    if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) {
-        return Err(format!("the URL's scheme {scheme:?} is invalid"));
-    }
-    let rest = rest.split('#').next().unwrap_or_default();
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
-    if authority.is_empty() {
-        return Err("the URL has no host".to_string());
-    }
-    if authority.contains('@') {
-        return Err("credentials in the URL are not supported".to_string());
-    }
-    let path = if path.is_empty() {
-        "/".to_string()
-    } else if path.starts_with('?') {
-        format!("/{path}")
-    } else {
-        path.to_string()
-    };
-    Ok((scheme, (authority, path)))
-}
-
-impl From<Archive> for Body {
-    fn from(archive: Archive) -> Body {
-        Body::Stream(archive.into_stream())
+impl From<Response> for ::http::Response<Vec<u8>> {
+    fn from(response: Response) -> Self {
+        let mut converted = ::http::Response::new(response.body);
+        *converted.status_mut() = response.status;
+        *converted.headers_mut() = response.headers;
+        converted
     }
 }
 
@@ -633,34 +546,67 @@ mod tests {
 
     #[test]
     fn urls_split_into_scheme_authority_and_path() {
-        assert_eq!(
-            split_url("http://127.0.0.1:2375/v1.41/images/json?all=1").unwrap(),
-            ("http", ("127.0.0.1:2375", "/v1.41/images/json?all=1".to_string()))
-        );
-        assert_eq!(split_url("https://h").unwrap(), ("https", ("h", "/".to_string())));
-        assert_eq!(split_url("http://h?x=1#f").unwrap(), ("http", ("h", "/?x=1".to_string())));
-        assert!(split_url("127.0.0.1:2375/x").is_err());
-        assert!(split_url("http:///x").is_err());
-        assert!(split_url("http://u:p@h/").is_err());
+        let split = |url| split_url(url).map(|(s, a, p)| (s.to_string(), a, p));
+        let ok = |s: &str, a: &str, p: &str| Ok((s.to_string(), a.to_string(), p.to_string()));
+        assert_eq!(split("http://127.0.0.1:2375/v1.41/images/json?all=1"), ok("http", "127.0.0.1:2375", "/v1.41/images/json?all=1"));
+        assert_eq!(split("https://h"), ok("https", "h", "/"));
+        assert_eq!(split("http://h?x=1#f"), ok("http", "h", "/?x=1"));
+        assert_eq!(split("http://[::1]:80/x"), ok("http", "[::1]:80", "/x"));
+        assert!(split("127.0.0.1:2375/x").is_err());
+        assert!(split("/x").unwrap_err().contains("not absolute"));
+        assert!(split("http:///x").is_err());
+        assert!(split("http://h/a b").is_err());
+        assert!(split("http://u:p@h/").unwrap_err().contains("credentials"));
     }
 
     #[test]
     fn encoding_keeps_what_it_should() {
         assert_eq!(encode(r#"{"label":["a=b"]}"#), "%7B%22label%22%3A%5B%22a%3Db%22%5D%7D");
         assert_eq!(encode("reg:5000/foo"), "reg%3A5000%2Ffoo");
+        assert_eq!(encode("a-b_c.d~é"), "a-b_c.d~%C3%A9");
         assert_eq!(encode_path("reg:5000/foo/bar:1"), "reg:5000/foo/bar:1");
+        assert_eq!(encode_path("foo@sha256:ab"), "foo@sha256:ab");
         assert_eq!(encode_path("a b?#"), "a%20b%3F%23");
     }
 
     #[test]
+    fn bad_headers_and_methods_are_reported_at_send() {
+        assert!(Request::get("http://h/").header("bad name", "v").invalid.is_some());
+        assert!(Request::get("http://h/").header("x-ok", "bad\nvalue").invalid.is_some());
+        let fine = Request::post("http://h/").header("X-Mixed-Case", "v").header(header::ACCEPT, "a").json(&1);
+        assert!(fine.invalid.is_none());
+        assert_eq!(fine.headers.get("x-mixed-case").unwrap(), "v");
+        assert_eq!(fine.headers[header::CONTENT_TYPE], "application/json");
+        assert!(matches!(wit_method(&Method::PATCH), wit::Method::Patch));
+        assert!(matches!(wit_method(&Method::from_bytes(b"PURGE").unwrap()), wit::Method::Other(m) if m == "PURGE"));
+    }
+
+    #[test]
     fn status_lines_have_reasons() {
-        let r = Response {
-            status: 409,
-            headers: vec![("content-type".into(), b"application/json".to_vec())],
-            body: br#"{"message":"x"}"#.to_vec(),
-        };
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let r = Response { status: StatusCode::CONFLICT, headers, body: br#"{"message":"x"}"#.to_vec() };
+        assert_eq!(r.status(), 409);
         assert_eq!(r.status_line(), "409 Conflict");
         assert_eq!(r.header("Content-Type"), Some("application/json"));
         assert_eq!(r.json::<serde_json::Value>().unwrap()["message"], "x");
+        let unknown = Response { status: StatusCode::from_u16(599).unwrap(), headers: HeaderMap::new(), body: Vec::new() };
+        assert_eq!(unknown.status_line(), "599");
+        assert!(unknown.json::<serde_json::Value>().unwrap_err().message().starts_with("status 599: "));
+        let converted: ::http::Response<Vec<u8>> = r.into();
+        assert_eq!(converted.status(), StatusCode::CONFLICT);
+    }
+
+    #[test]
+    fn error_codes_read_as_words() {
+        use wit::ErrorCode as E;
+        assert_eq!(describe_code(&E::ConnectionRefused), "connection refused");
+        assert_eq!(describe_code(&E::HttpResponseTimeout), "http response timeout");
+        assert!(describe_code(&E::HttpRequestDenied).contains("denied"));
+        assert_eq!(describe_code(&E::InternalError(Some("boom".into()))), "internal error: boom");
+        let dns = describe_code(&E::DnsError(wit::DnsErrorPayload { rcode: Some("NXDOMAIN".into()), info_code: None }));
+        assert!(dns.starts_with("dns error(") && dns.contains("NXDOMAIN"), "{dns}");
+        assert!(matches!(from_code("GET http://h/", &E::HttpRequestDenied), HttpError::Denied(m) if m.starts_with("GET http://h/: ")));
+        assert!(matches!(from_code("GET http://h/", &E::ConnectionRefused), HttpError::Transport(_)));
     }
 }

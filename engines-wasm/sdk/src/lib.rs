@@ -1,10 +1,18 @@
 //! # context-engines-sdk
 //!
-//! The guest side of `context-engines`: everything an engine compiled to a WebAssembly
-//! component needs, so that an engine is one type implementing one trait.
+//! The guest side of [context-engines](https://github.com/context-engines/context-engines):
+//! everything an *engine* needs, so that an engine is one type implementing one trait.
+//!
+//! An engine is a WebAssembly component (`wasm32-wasip2`) that the context-engines host
+//! (a Digital Rebar Provision plugin provider) loads to run *agents* — long-lived
+//! containers running `drpcli machines processjobs` for one machine — on some container
+//! runtime: it loads images, starts, stops and lists agents. The component model
+//! contract is the WIT world `context-engines:engine/engine@0.2.0` (shipped in this
+//! crate's `wit/` directory, each item documented there); this crate hides it behind
+//! plain Rust types.
 //!
 //! * [`Engine`]: the trait an engine implements, one method per function of the WIT
-//!   interface `context-engines:engine/lifecycle@0.2.0`, with plain Rust types.
+//!   interface `context-engines:engine/lifecycle@0.2.0`.
 //! * [`AgentSpec`]: the agent to run, computed whole by the host. An engine translates
 //!   every field into its runtime's request, or refuses the start with
 //!   [`EngineError::Rejected`] naming what it cannot apply; it adds nothing of its own.
@@ -14,55 +22,116 @@
 //! * [`export_engine!`]: makes a type implementing [`Engine`] the component's export.
 //!   The SDK keeps one value of that type per component instance: [`Engine::configure`]
 //!   builds it, every later call borrows it mutably.
+//! * [`Settings`]: the engine's configuration (a JSON object), with accessors whose
+//!   errors name the key.
+//! * [`Archive`]: an image archive as the host streams it in.
+//! * [`http`]: a small blocking HTTP client over `wasi:http/outgoing-handler@0.2.12`
+//!   using the [`http`](::http) crate's types, the only way out of the sandbox (and only
+//!   to the hosts the operator listed in the engine's `allowed-hosts`). It can splice an
+//!   [`Archive`] into a request body without the bytes passing through the engine's
+//!   memory.
 //! * [`log`]: lines into the plugin's log ([`info!`], [`warn!`], …).
-//! * [`http`]: a small blocking HTTP client over `wasi:http/outgoing-handler@0.2.12`,
-//!   the only way out of the sandbox (and only to the hosts the operator listed in the
-//!   engine's `allowed-hosts`).
 //! * [`time`]: the monotonic clock and [`time::sleep`].
 //!
-//! A complete engine:
+//! ## Writing an engine
 //!
-//! ```ignore
-//! use context_engines_sdk::{self as sdk, AgentInfo, AgentSpec, Archive, Engine, EngineInfo, Result, Settings};
+//! Make a library crate of type `cdylib` depending on this one:
 //!
-//! struct Null;
+//! ```toml
+//! [lib]
+//! crate-type = ["cdylib"]
 //!
-//! impl Engine for Null {
+//! [dependencies]
+//! context-engines-sdk = "0.1"
+//!
+//! [profile.release]
+//! opt-level = "s"
+//! lto = true
+//! strip = true
+//! panic = "abort"     # a panic is a trap: the host discards the instance
+//! ```
+//!
+//! implement [`Engine`] on a type holding what the engine derives from its settings, and
+//! export it with [`export_engine!`]. A complete engine driving a (made-up) REST runtime:
+//!
+//! ```
+//! use context_engines_sdk::http::{Request, encode, encode_path};
+//! use context_engines_sdk::{self as sdk, AgentInfo, AgentSpec, Archive, Engine, EngineError, EngineInfo, Result, Settings};
+//!
+//! /// The engine: where its runtime is.
+//! struct Rest {
+//!     base_url: String,
+//! }
+//!
+//! impl Rest {
+//!     /// Sends a request; a transport failure means the runtime is unreachable.
+//!     fn send(&self, request: Request) -> Result<sdk::http::Response> {
+//!         request.send().map_err(|e| EngineError::Unreachable(e.to_string()))
+//!     }
+//! }
+//!
+//! impl Engine for Rest {
 //!     fn describe() -> EngineInfo {
-//!         EngineInfo::new("null", env!("CARGO_PKG_VERSION"))
+//!         // No feature words: the host gives it only specs without options.
+//!         EngineInfo::new("rest", env!("CARGO_PKG_VERSION"))
 //!     }
-//!     fn configure(_settings: &Settings) -> Result<Self> {
-//!         Ok(Null)
+//!     fn configure(settings: &Settings) -> Result<Self> {
+//!         let base_url = settings.required_string("base-url", "http://127.0.0.1:8080")?;
+//!         Ok(Rest { base_url: base_url.trim_end_matches('/').to_string() })
 //!     }
-//!     fn image_id(&mut self, _image: &str) -> Result<Option<String>> {
-//!         Ok(Some("null".into()))
+//!     fn image_id(&mut self, image: &str) -> Result<Option<String>> {
+//!         let response = self.send(Request::get(format!("{}/images/{}", self.base_url, encode_path(image))))?;
+//!         match response.status() {
+//!             200 => Ok(Some(response.text())),
+//!             404 => Ok(None),
+//!             _ => Err(EngineError::Failed(format!("image {image}: {}", response.status_line()))),
+//!         }
 //!     }
-//!     fn image_load(&mut self, _image: &str, mut archive: Archive) -> Result<()> {
-//!         archive.discard()?;
-//!         Ok(())
+//!     fn image_load(&mut self, image: &str, archive: Archive) -> Result<()> {
+//!         // The archive may be gigabytes: the host splices it into the request body.
+//!         let url = format!("{}/images?name={}", self.base_url, encode(image));
+//!         let response = self.send(Request::post(url).header("content-type", "application/x-tar").stream_body(archive))?;
+//!         if response.is_success() { Ok(()) } else { Err(EngineError::BadArchive(response.status_line())) }
 //!     }
-//!     fn image_tag(&mut self, _source: &str, _target: &str) -> Result<()> {
-//!         Ok(())
+//!     fn image_tag(&mut self, source: &str, target: &str) -> Result<()> {
+//!         let url = format!("{}/images/{}/tag?as={}", self.base_url, encode_path(source), encode(target));
+//!         let response = self.send(Request::post(url))?; // no body: sent with content-length: 0
+//!         if response.is_success() { Ok(()) } else { Err(EngineError::Rejected(response.status_line())) }
 //!     }
-//!     fn image_remove(&mut self, _image: &str) -> Result<bool> {
-//!         Ok(true)
+//!     fn image_remove(&mut self, image: &str) -> Result<bool> {
+//!         let response = self.send(Request::delete(format!("{}/images/{}", self.base_url, encode_path(image))))?;
+//!         Ok(response.is_success())
 //!     }
 //!     fn agent_start(&mut self, spec: AgentSpec) -> Result<AgentInfo> {
-//!         Ok(AgentInfo { id: spec.name.clone(), name: spec.name, running: true, labels: spec.labels })
+//!         let body = serde_json::json!({"name": spec.name, "image": spec.image, "env": spec.env, "labels": spec.labels});
+//!         let response = self.send(Request::post(format!("{}/agents", self.base_url)).json(&body))?;
+//!         if !response.is_success() {
+//!             return Err(EngineError::Rejected(format!("starting {}: {}", spec.name, response.status_line())));
+//!         }
+//!         sdk::info!("started agent {}", spec.name);
+//!         Ok(AgentInfo { id: response.text(), name: spec.name, running: true, labels: spec.labels })
 //!     }
-//!     fn agent_stop(&mut self, _name: &str) -> Result<bool> {
-//!         Ok(false)
+//!     fn agent_stop(&mut self, name: &str) -> Result<bool> {
+//!         let response = self.send(Request::delete(format!("{}/agents/{}", self.base_url, encode(name))))?;
+//!         Ok(response.status() != 404)
 //!     }
 //!     fn agent_list(&mut self, _labels: &[(String, String)]) -> Result<Vec<AgentInfo>> {
 //!         Ok(Vec::new())
 //!     }
 //! }
 //!
-//! sdk::export_engine!(Null);
+//! sdk::export_engine!(Rest);
+//! # fn main() {}
 //! ```
 //!
-//! Build it as a `cdylib` for `wasm32-wasip2` (`cargo build --release --target
-//! wasm32-wasip2`): the `.wasm` rustc writes is already a component.
+//! Build it with `cargo build --release --target wasm32-wasip2` (`rustup target add
+//! wasm32-wasip2` first): the `.wasm` rustc writes for a `cdylib` already is a component.
+//! The host only lets it reach the `host:port`s of its `allowed-hosts` setting, e.g.
+//! `{"base-url": "http://127.0.0.1:8080", "allowed-hosts": ["127.0.0.1:8080"]}`.
+//!
+//! The crate also builds for the build machine's own target, so an engine's pure parts
+//! (request bodies, response parsing) can be unit-tested with `cargo test`; calling into
+//! the host (HTTP, logging, the clock) there panics.
 #![warn(missing_docs)]
 
 use std::fmt;
@@ -102,7 +171,7 @@ pub mod feature {
 #[allow(missing_docs, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "wit",
         world: "engine",
         generate_all,
         pub_export_macro: true,
@@ -403,7 +472,8 @@ pub trait Engine: Sized + 'static {
 
 /// Makes a type implementing [`Engine`] the export of this component.
 ///
-/// Use it once, at the top level of the engine crate (a `cdylib`):
+/// Use it once, at the top level of the engine crate (a `cdylib`), as in the
+/// [crate-level example](crate#writing-an-engine):
 ///
 /// ```ignore
 /// context_engines_sdk::export_engine!(MyEngine);

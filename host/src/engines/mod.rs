@@ -1,4 +1,4 @@
 //! Engines compiled into the binary.
-pub mod container_list;
 pub mod container_spec;
+pub mod containers;
 pub mod runtime_api;

@@ -18,14 +18,12 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
-use super::{container_list, container_spec};
+use super::{container_spec, containers};
 use crate::engine::{AgentEvents, AgentGone, AgentInfo, AgentSpec, ArchiveStream, Engine, EngineError, EngineInfo, labels};
 use crate::images::ImageRef;
 
 /// Long enough for a multi-gigabyte image load; bollard applies it per request.
 const LOAD_TIMEOUT_SECS: u64 = 900;
-/// Grace period for `processjobs` to finish its current step before it is killed.
-const STOP_GRACE_SECS: i32 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
@@ -121,21 +119,21 @@ impl RuntimeApiEngine {
     }
 
     async fn inspect_agent(&self, name: &str) -> Result<Option<(AgentInfo, String)>, EngineError> {
+        let Some(container) = self.inspect(name).await? else { return Ok(None) };
+        let running = container.running();
+        let config = container.config.unwrap_or_default();
+        let info = AgentInfo { name: name.to_string(), id: container.id, running, labels: config.labels.unwrap_or_default() };
+        Ok(Some((info, config.image.unwrap_or_default())))
+    }
+
+    /// The container `name` (see [`containers`] for why not bollard's typed inspect).
+    async fn inspect(&self, name: &str) -> Result<Option<containers::Inspect>, EngineError> {
         let docker = self.client().await?;
-        match docker.inspect_container(name, None).await {
-            Ok(c) => {
-                let config = c.config.unwrap_or_default();
-                let info = AgentInfo {
-                    name: name.to_string(),
-                    id: c.id.unwrap_or_default(),
-                    running: c.state.and_then(|s| s.running).unwrap_or(false),
-                    labels: config.labels.unwrap_or_default().into_iter().collect(),
-                };
-                Ok(Some((info, config.image.unwrap_or_default())))
-            }
-            Err(e) if Self::is_not_found(&e) => Ok(None),
-            Err(e) => Err(self.error(e)),
-        }
+        let version = docker.client_version().to_string();
+        tokio::time::timeout(std::time::Duration::from_secs(self.timeout_secs), containers::inspect(&self.host, &version, name))
+            .await
+            .unwrap_or_else(|_| Err(format!("inspecting {name}: no answer within {}s", self.timeout_secs)))
+            .map_err(|cause| EngineError::Failed { engine: self.name.clone(), cause })
     }
 
     /// Creates and starts the agent, unless a container already has its name: that one is
@@ -316,7 +314,11 @@ impl Engine for RuntimeApiEngine {
 
     async fn image_remove(&self, image: &str) -> Result<bool, EngineError> {
         let docker = self.client().await?;
-        let options = RemoveImageOptionsBuilder::new().force(true).build();
+        // Never forced: Podman's forced removal takes every container of the image with
+        // it, running agents included. Unforced, a runtime refuses (409, `rejected`) to
+        // remove the last name of an image a container uses, and removes just the name
+        // otherwise.
+        let options = RemoveImageOptionsBuilder::new().build();
         // The removal is the lookup: the first name the runtime knows goes.
         for candidate in self.candidates(image) {
             match docker.remove_image(&candidate, Some(options.clone()), None).await {
@@ -334,7 +336,9 @@ impl Engine for RuntimeApiEngine {
 
     async fn agent_stop(&self, name: &str) -> Result<bool, EngineError> {
         let docker = self.client().await?;
-        let options = StopContainerOptionsBuilder::new().t(STOP_GRACE_SECS).build();
+        // No `t`: the runtime then waits the agent's own stop timeout (the
+        // `stop-timeout-secs` option, else its default of 10 s) before it kills.
+        let options = StopContainerOptionsBuilder::new().build();
         match docker.stop_container(name, Some(options)).await {
             Ok(()) => {}
             Err(e) if Self::is_not_found(&e) => return Ok(false),
@@ -349,12 +353,11 @@ impl Engine for RuntimeApiEngine {
     /// restarted plugin no longer knows those of agents started before.
     async fn agent_logs(&self, name: &str, lines: u32) -> Result<Vec<String>, EngineError> {
         let docker = self.client().await?;
-        let token = match docker.inspect_container(name, None).await {
-            Ok(c) => {
-                c.config.and_then(|c| c.env).unwrap_or_default().into_iter().find_map(|e| e.strip_prefix("RS_TOKEN=").map(str::to_string))
-            }
-            Err(e) => return Err(self.error(e)),
+        let Some(container) = self.inspect(name).await? else {
+            return Err(EngineError::Rejected { engine: self.name.clone(), cause: format!("no agent named {name}") });
         };
+        let env = container.config.and_then(|c| c.env).unwrap_or_default();
+        let token = env.into_iter().find_map(|e| e.strip_prefix("RS_TOKEN=").map(str::to_string));
         let options = LogsOptions { stdout: true, stderr: true, timestamps: true, tail: lines.to_string(), ..Default::default() };
         let read = docker.logs(name, Some(options)).map(|frame| frame.map(|f| f.into_bytes())).collect::<Vec<_>>();
         let frames = tokio::time::timeout(std::time::Duration::from_secs(self.timeout_secs), read).await.map_err(|_| {
@@ -388,11 +391,11 @@ impl Engine for RuntimeApiEngine {
 
     async fn agent_list(&self, labels: &[(&str, &str)]) -> Result<Vec<AgentInfo>, EngineError> {
         let docker = self.client().await?;
-        // The listing has its own client (see container_list), so it gets the same bound
+        // The listing has its own client (see containers), so it gets the same bound
         // as every other request here: a runtime that never answers `docker ps` fails the
         // listing instead of holding it.
         let version = docker.client_version().to_string();
-        let listing = container_list::list(&self.host, &version, labels);
+        let listing = containers::list(&self.host, &version, labels);
         let found = tokio::time::timeout(std::time::Duration::from_secs(self.timeout_secs), listing)
             .await
             .unwrap_or_else(|_| Err(format!("listing containers: no answer within {}s", self.timeout_secs)))

@@ -4,12 +4,12 @@
 
 use std::path::Path;
 
+use wasmtime::Store;
 use wasmtime::component::types::ComponentItem;
-use wasmtime::{Store, StoreLimitsBuilder};
 
 use super::bindings::Contract;
 use super::runtime::{Limits, WasmRuntime};
-use super::state::{Budget, GuestState};
+use super::state::{Budget, GuestState, MemoryCap};
 use crate::options::feature;
 
 /// A report on stdout's behalf, or an error saying precisely why the file does not fit.
@@ -33,7 +33,7 @@ pub async fn check(path: &Path) -> Result<String, String> {
         report.push_str(&format!("imports {name}\n"));
     }
     let limits = Limits::default();
-    let state = GuestState::new("check", Vec::new(), StoreLimitsBuilder::new().memory_size(limits.memory_bytes).build());
+    let state = GuestState::new("check", Vec::new(), MemoryCap::new(limits.memory_bytes));
     let mut store = Store::new(&runtime.engine, state);
     store.limiter(|state| &mut state.limits);
     store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().budget.check()));

@@ -14,19 +14,18 @@ use futures_util::StreamExt;
 use serde_json::{Map, Value};
 use tokio_util::io::StreamReader;
 use wasmtime::component::Resource;
-use wasmtime::{Store, StoreLimitsBuilder, Trap};
+use wasmtime::{Store, Trap};
 use wasmtime_wasi::p2::pipe::AsyncReadStream;
 use wasmtime_wasi::p2::{DynInputStream, InputStream};
 
 use super::bindings::{self, Bindings, Contract, Described, EnginePre, v01, v02, wasm_call};
+use super::pool::Pool;
 use super::runtime::{Limits, Loaded, WasmRuntime};
-use super::state::{Budget, GuestState, Progress};
+use super::state::{Budget, GuestState, MemoryCap, OverMemoryCap, Progress};
 use crate::engine::{AgentInfo, AgentSpec, ArchiveStream, Engine, EngineError, EngineInfo};
 use crate::metrics::WasmEnd;
 use crate::options::{AgentOptions, MountType, feature};
 
-/// Idle instances kept per engine; more are created under load and dropped after.
-const POOL_SIZE: usize = 8;
 /// Added to the deadline for the host-side timeout, which catches calls blocked in host
 /// I/O (where epoch interruption cannot fire).
 const HOST_GRACE: Duration = Duration::from_millis(500);
@@ -35,7 +34,8 @@ const WATCH_EVERY: Duration = Duration::from_millis(100);
 
 struct Settings {
     json: String,
-    allowed_hosts: Vec<String>,
+    /// The `host:port` pairs the engine may reach, or why its `allowed-hosts` is wrong.
+    allowed_hosts: Result<Vec<String>, String>,
     limits: Limits,
     /// The engine's `request-timeout-secs`: how long its runtime may take to answer an
     /// image load after the archive's last byte.
@@ -46,7 +46,6 @@ struct Settings {
 struct Instance {
     store: Store<GuestState>,
     bindings: Bindings,
-    generation: u64,
 }
 
 pub struct WasmEngine {
@@ -55,7 +54,7 @@ pub struct WasmEngine {
     pre: EnginePre<GuestState>,
     pub sha256: String,
     settings: Mutex<Settings>,
-    pool: Mutex<Vec<Instance>>,
+    pool: Pool<Instance>,
     /// `describe`'s answer: a component's features never change, so it is asked once.
     described: Mutex<Option<Described>>,
 }
@@ -76,7 +75,7 @@ impl WasmEngine {
                 request_timeout: request_timeout(name, settings),
                 generation: 0,
             }),
-            pool: Mutex::new(Vec::new()),
+            pool: Pool::new(limits.max_instances),
             described: Mutex::new(None),
         }
     }
@@ -100,53 +99,95 @@ impl WasmEngine {
             request_timeout: request_timeout(&self.name, settings),
             generation: current.generation + 1,
         };
-        self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        drop(current);
+        self.pool.resize(limits.max_instances);
+        self.pool.clear();
+        // Asked again on the next `info`: with the new settings `configure` may fail,
+        // and the engine must then show as unavailable, not as it was.
+        *self.described.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     fn limits(&self) -> Limits {
         self.settings.lock().unwrap_or_else(|p| p.into_inner()).limits
     }
 
+    pub fn current_limits(&self) -> Limits {
+        self.limits()
+    }
+
+    /// Runs `work` with the engine under `limits`, then puts its own back (the
+    /// conformance kit's way of showing what a limit does to this engine).
+    pub async fn with_limits<R>(&self, limits: Limits, work: impl Future<Output = R>) -> R {
+        let (json, own) = {
+            let s = self.settings.lock().unwrap_or_else(|p| p.into_inner());
+            (s.json.clone(), s.limits)
+        };
+        let settings = match serde_json::from_str::<Value>(&json) {
+            Ok(Value::Object(settings)) => settings,
+            _ => Map::new(),
+        };
+        self.reconfigure(&settings, limits);
+        let result = work.await;
+        self.reconfigure(&settings, own);
+        result
+    }
+
+    /// The linear memory a fresh instance holds once instantiated and configured, which
+    /// is what every instance costs before its first call.
+    pub async fn memory_needed(&self) -> Result<usize, EngineError> {
+        let _slot = self.pool.slot().await;
+        let generation = self.generation();
+        let instance = self.fresh_instance().await?;
+        let used = instance.store.data().limits.used();
+        self.pool.give_back(generation, instance);
+        Ok(used)
+    }
+
     fn request_timeout(&self) -> Duration {
         self.settings.lock().unwrap_or_else(|p| p.into_inner()).request_timeout
     }
 
-    async fn instance(&self) -> Result<Instance, EngineError> {
-        let generation = self.settings.lock().unwrap_or_else(|p| p.into_inner()).generation;
-        loop {
-            let idle = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            match idle {
-                Some(instance) if instance.generation == generation => return Ok(instance),
-                Some(_) => continue,
-                None => return self.fresh_instance().await,
-            }
+    fn generation(&self) -> u64 {
+        self.settings.lock().unwrap_or_else(|p| p.into_inner()).generation
+    }
+
+    /// An idle instance configured with the current settings, or a fresh one.
+    async fn instance(&self, generation: u64) -> Result<Instance, EngineError> {
+        match self.pool.take(generation) {
+            Some(instance) => Ok(instance),
+            None => self.fresh_instance().await,
         }
     }
 
-    /// Instantiates and configures a new instance. Also timed: `configure` is guest code.
+    /// Instantiates and configures a new instance, both timed and under the memory cap:
+    /// instantiation runs the component's initialisers, and `configure` is guest code.
     async fn fresh_instance(&self) -> Result<Instance, EngineError> {
-        let (json, allowed, limits, generation) = {
+        let (json, allowed, limits) = {
             let s = self.settings.lock().unwrap_or_else(|p| p.into_inner());
-            (s.json.clone(), s.allowed_hosts.clone(), s.limits, s.generation)
+            (s.json.clone(), s.allowed_hosts.clone(), s.limits)
         };
-        let store_limits = StoreLimitsBuilder::new().memory_size(limits.memory_bytes).trap_on_grow_failure(true).build();
-        let mut store = Store::new(&self.runtime.engine, GuestState::new(&self.name, allowed, store_limits));
+        let allowed = allowed.map_err(|cause| EngineError::Misconfigured { engine: self.name.clone(), cause })?;
+        let mut store = Store::new(&self.runtime.engine, GuestState::new(&self.name, allowed, MemoryCap::new(limits.memory_bytes)));
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().budget.check()));
         store.data_mut().budget = Budget::new(limits.deadline);
         store.set_epoch_deadline(1);
-        let instantiate = async {
-            let bindings = self.pre.instantiate_async(&mut store).await?;
-            let configured = bindings.configure(&mut store, &json).await?;
-            Ok::<_, wasmtime::Error>((bindings, configured))
+        let budget = Budget::new(limits.deadline);
+        let within_deadline = |what: &'static str| {
+            let budget = budget.clone();
+            move |_| self.deadline_error(what, &budget)
         };
-        let (bindings, configured) = tokio::time::timeout(limits.deadline + HOST_GRACE, instantiate)
+        let bindings = tokio::time::timeout(limits.deadline + HOST_GRACE, self.pre.instantiate_async(&mut store))
             .await
-            .map_err(|_| self.deadline_error("configure", &Budget::new(limits.deadline)))?
-            .map_err(|e| self.trap_error("configure", &e, &Budget::new(limits.deadline), limits))?;
+            .map_err(within_deadline("instantiation"))?
+            .map_err(|e| self.trap_error("instantiation", &e, &budget))?;
+        let configured = tokio::time::timeout(limits.deadline + HOST_GRACE, bindings.configure(&mut store, &json))
+            .await
+            .map_err(within_deadline("configure"))?
+            .map_err(|e| self.trap_error("configure", &e, &budget))?;
         crate::metrics::global().wasm_call(&self.name, WasmEnd::Returned);
         configured.map_err(|e| self.guest_error(e))?;
-        Ok(Instance { store, bindings, generation })
+        Ok(Instance { store, bindings })
     }
 
     /// Runs one export on an instance under the limits: the call deadline, or for a
@@ -160,7 +201,9 @@ impl WasmEngine {
         f: impl for<'a> FnOnce(&'a Bindings, &'a mut Store<GuestState>) -> CallFuture<'a, R>,
     ) -> Result<R, EngineError> {
         let limits = self.limits();
-        let mut instance = self.instance().await?;
+        let _slot = self.pool.slot().await;
+        let generation = self.generation();
+        let mut instance = self.instance(generation).await?;
         let budget = streaming.clone().unwrap_or_else(|| Budget::new(limits.deadline));
         instance.store.data_mut().budget = budget.clone();
         instance.store.set_epoch_deadline(1);
@@ -179,15 +222,11 @@ impl WasmEngine {
         };
         let result = match outcome {
             Err(()) => return Err(self.deadline_error(what, &watch)),
-            Ok(Err(trap)) => return Err(self.trap_error(what, &trap, &instance.store.data().budget, limits)),
+            Ok(Err(trap)) => return Err(self.trap_error(what, &trap, &instance.store.data().budget)),
             Ok(Ok(result)) => result,
         };
         crate::metrics::global().wasm_call(&self.name, WasmEnd::Returned);
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < POOL_SIZE {
-            pool.push(instance);
-        }
-        drop(pool);
+        self.pool.give_back(generation, instance);
         result.map_err(|e| self.guest_error(e))
     }
 
@@ -196,14 +235,23 @@ impl WasmEngine {
         EngineError::Failed { engine: self.name.clone(), cause: format!("{what} {}; the instance was discarded", budget.overrun()) }
     }
 
-    fn trap_error(&self, what: &str, error: &wasmtime::Error, budget: &Budget, limits: Limits) -> EngineError {
+    fn trap_error(&self, what: &str, error: &wasmtime::Error, budget: &Budget) -> EngineError {
         let detail = format!("{error:#}");
         let end = if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) { WasmEnd::DeadlineHit } else { WasmEnd::Trapped };
         crate::metrics::global().wasm_call(&self.name, end);
         let cause = match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => budget.overrun(),
-            _ if detail.contains("forcing trap when growing memory") => {
-                format!("exceeded its memory cap of {} MiB", limits.memory_bytes / (1024 * 1024))
+            _ if let Some(over) = error.downcast_ref::<OverMemoryCap>() => {
+                let mib = |bytes: usize| {
+                    let mib = bytes as f64 / (1024.0 * 1024.0);
+                    if mib.fract() == 0.0 { format!("{mib} MiB") } else { format!("{mib:.1} MiB") }
+                };
+                let needs = if what == "instantiation" { "needs" } else { "grew to need" };
+                format!(
+                    "{needs} {} of linear memory, over its memory cap of {} (all its memories counted; raise context-engines/wasm-memory-mb)",
+                    mib(over.wanted),
+                    mib(over.cap)
+                )
             }
             Some(Trap::UnreachableCodeReached) => "trapped: the engine panicked or aborted (unreachable)".to_string(),
             Some(trap) => format!("trapped: {trap}"),
@@ -215,9 +263,7 @@ impl WasmEngine {
     fn guest_error(&self, error: bindings::EngineError) -> EngineError {
         let engine = self.name.clone();
         match error {
-            bindings::EngineError::Unreachable(cause) => {
-                EngineError::Unreachable { engine, address: "its configured runtime".to_string(), cause }
-            }
+            bindings::EngineError::Unreachable(cause) => EngineError::Unreachable { engine, address: String::new(), cause },
             bindings::EngineError::ImageMissing(image) => EngineError::ImageMissing { engine, image },
             bindings::EngineError::BadArchive(cause) => EngineError::BadArchive { engine, cause },
             bindings::EngineError::Rejected(cause) => EngineError::Rejected { engine, cause },
@@ -323,12 +369,31 @@ fn request_timeout(name: &str, settings: &Map<String, Value>) -> Duration {
     Duration::from_secs(secs.unwrap_or(crate::params::DEFAULT_REQUEST_TIMEOUT_SECS))
 }
 
-fn allowed_hosts(settings: &Map<String, Value>) -> Vec<String> {
-    settings
-        .get("allowed-hosts")
-        .and_then(Value::as_array)
-        .map(|hosts| hosts.iter().filter_map(Value::as_str).map(str::to_string).collect())
-        .unwrap_or_default()
+/// The engine's `allowed-hosts`: each entry `host:port`, as the contract says. A bare
+/// host is refused rather than read as "every port": an engine would otherwise reach
+/// more than its operator wrote down.
+fn allowed_hosts(settings: &Map<String, Value>) -> Result<Vec<String>, String> {
+    let Some(hosts) = settings.get("allowed-hosts") else { return Ok(Vec::new()) };
+    let Some(hosts) = hosts.as_array() else { return Err(format!("allowed-hosts must be a list of \"host:port\" strings, not {hosts}")) };
+    hosts.iter().map(allowed_host).collect()
+}
+
+fn allowed_host(entry: &Value) -> Result<String, String> {
+    let Some(text) = entry.as_str() else { return Err(format!("allowed-hosts entry {entry} is not a string")) };
+    let refuse = |why: &str| Err(format!("allowed-hosts entry '{text}' {why}: write host:port, e.g. 127.0.0.1:2375 or [::1]:2375"));
+    if text.contains("://") || text.contains('/') {
+        return refuse("is not host:port (no scheme or path)");
+    }
+    let Ok(authority) = text.parse::<http::uri::Authority>() else { return refuse("is not a host:port") };
+    if authority.as_str().contains('@') {
+        return refuse("carries user information");
+    }
+    match (authority.port(), authority.port_u16()) {
+        (None, _) => return refuse("has no port"),
+        (Some(_), None | Some(0)) => return refuse("has a port that is not a number from 1 to 65535"),
+        _ => {}
+    }
+    Ok(text.to_string())
 }
 
 /// `spec` in engine@0.2.0's terms: all of it.
@@ -504,5 +569,32 @@ impl Engine for WasmEngine {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(value: Value) -> Result<Vec<String>, String> {
+        allowed_hosts(&Map::from_iter([("allowed-hosts".to_string(), value)]))
+    }
+
+    #[test]
+    fn allowed_hosts_are_host_and_port() {
+        assert_eq!(hosts(serde_json::json!(["127.0.0.1:2375", "[::1]:1", "docker.example:443"])).map(|h| h.len()), Ok(3));
+        assert_eq!(allowed_hosts(&Map::new()), Ok(Vec::new()));
+        for (bad, says) in [
+            ("docker.example", "has no port"),
+            ("http://127.0.0.1:2375", "no scheme or path"),
+            ("127.0.0.1:2375/v1.41", "no scheme or path"),
+            ("user@host:1", "user information"),
+            ("host:port", "port"),
+            ("127.0.0.1:0", "not a number from 1"),
+        ] {
+            let error = hosts(serde_json::json!([bad])).expect_err(bad);
+            assert!(error.contains(&format!("'{bad}'")) && error.contains(says), "{bad}: {error}");
+        }
+        assert!(hosts(serde_json::json!("127.0.0.1:1")).expect_err("a string").contains("must be a list"));
     }
 }

@@ -6,6 +6,7 @@ pub mod bindings;
 pub mod check;
 pub mod directory;
 pub mod engine;
+pub mod pool;
 pub mod provenance;
 pub mod runtime;
 pub mod state;

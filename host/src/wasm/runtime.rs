@@ -20,12 +20,15 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub deadline: Duration,
+    /// All linear memories of one instance together.
     pub memory_bytes: usize,
+    /// Instances of one engine alive at once (in calls and idle).
+    pub max_instances: usize,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { deadline: Duration::from_secs(30), memory_bytes: 64 * 1024 * 1024 }
+        Limits { deadline: Duration::from_secs(30), memory_bytes: 64 * 1024 * 1024, max_instances: 4 }
     }
 }
 
@@ -101,8 +104,9 @@ impl WasmRuntime {
             Some(component) => (component, true),
             None => {
                 let component = Component::new(&self.engine, bytes)
-                    .map_err(|e| LoadError::NotAComponent { path: display.to_string(), cause: format!("{e:#}") })?;
+                    .map_err(|e| LoadError::NotAComponent { path: display.to_string(), cause: not_a_component(bytes, &e) })?;
                 self.store_in_cache(&sha256, &component);
+                release_compiler_memory();
                 (component, false)
             }
         };
@@ -180,5 +184,32 @@ impl WasmRuntime {
         if let Err(e) = written {
             tracing::warn!("could not cache compiled engine in {}: {e}", path.display());
         }
+    }
+}
+
+/// Why `bytes` did not compile as a component, in an author's terms: wasmtime's own
+/// message for a file that is no WebAssembly at all quotes byte arrays.
+fn not_a_component(bytes: &[u8], error: &wasmtime::Error) -> String {
+    const MAGIC: &[u8] = b"\0asm";
+    if !bytes.starts_with(MAGIC) {
+        let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        return format!("it is not WebAssembly at all (it begins with bytes {}, not 00 61 73 6d, \"\\0asm\")", head.join(" "));
+    }
+    // A core module (version 1) rather than a component (layer 1).
+    if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
+        return "it is a core WebAssembly module, not a component: build for wasm32-wasip2 (or run `wasm-tools component new`)".to_string();
+    }
+    format!("{error:#}")
+}
+
+/// Compiling a large component (a Python interpreter is tens of MiB of WebAssembly)
+/// takes hundreds of MiB of compiler memory across the compile threads. Once it is
+/// freed, glibc keeps it in its per-thread arenas, where the process's RSS still counts
+/// it; hand it back to the system.
+fn release_compiler_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers; it only returns glibc's own free memory.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, UpdateDeadline};
+use wasmtime::{ResourceLimiter, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
@@ -19,8 +19,55 @@ pub struct GuestState {
     http: WasiHttpCtx,
     hooks: AllowList,
     table: ResourceTable,
-    pub limits: StoreLimits,
+    pub limits: MemoryCap,
     pub budget: Budget,
+}
+
+/// The memory cap of one instance: the sum of all its linear memories, from the first
+/// allocation of instantiation on. wasmtime's own `StoreLimits` bounds each memory
+/// alone, and a component has several (its adapters', an interpreter's), so an engine
+/// could use many times the cap an operator set.
+#[derive(Debug)]
+pub struct MemoryCap {
+    cap: usize,
+    used: usize,
+}
+
+/// The trap a refused grow raises: the caller reports it as the memory cap, with the
+/// size the instance asked for.
+#[derive(Debug, thiserror::Error)]
+#[error("needs {wanted} bytes of linear memory in all, over its cap of {cap} bytes")]
+pub struct OverMemoryCap {
+    pub wanted: usize,
+    pub cap: usize,
+}
+
+impl MemoryCap {
+    pub fn new(cap: usize) -> MemoryCap {
+        MemoryCap { cap, used: 0 }
+    }
+
+    /// Bytes of linear memory the instance holds now, all memories together.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let wanted = self.used.saturating_sub(current).saturating_add(desired);
+        if wanted > self.cap {
+            // An error rather than `Ok(false)`: guests (Rust's allocator above all)
+            // turn a refused grow into an abort whose trap says nothing of memory.
+            return Err(OverMemoryCap { wanted, cap: self.cap }.into());
+        }
+        self.used = wanted;
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
 }
 
 /// How far a call that streams an archive has got: bytes handed to the engine, and
@@ -113,7 +160,7 @@ impl Budget {
 }
 
 impl GuestState {
-    pub fn new(engine: &str, allowed_hosts: Vec<String>, limits: StoreLimits) -> GuestState {
+    pub fn new(engine: &str, allowed_hosts: Vec<String>, limits: MemoryCap) -> GuestState {
         GuestState {
             engine: engine.to_string(),
             // An engine's only way out is wasi:http through the allow-list. The linker
@@ -163,7 +210,9 @@ impl AllowList {
         let Some(host) = uri.host() else { return false };
         let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
         let authority = format!("{host}:{port}");
-        self.allowed.iter().any(|a| a.eq_ignore_ascii_case(&authority) || a.eq_ignore_ascii_case(host))
+        // Entries are all `host:port` (a bare host is refused at configure): no entry
+        // stands for every port of a host.
+        self.allowed.iter().any(|a| a.eq_ignore_ascii_case(&authority))
     }
 }
 
@@ -247,11 +296,15 @@ mod tests {
 
     #[test]
     fn allow_list_matches_host_and_port() {
-        let list = AllowList { engine: "e".to_string(), allowed: vec!["127.0.0.1:2375".to_string(), "docker.example".to_string()] };
+        let allowed = ["127.0.0.1:2375", "Docker.Example:443", "[::1]:2375"].map(str::to_string).to_vec();
+        let list = AllowList { engine: "e".to_string(), allowed };
         let ok = |u: &str| list.permits(&u.parse().expect("uri"));
         assert!(ok("http://127.0.0.1:2375/v1.41/_ping"));
         assert!(!ok("http://127.0.0.1:9/"));
-        assert!(ok("https://docker.example/x"));
+        assert!(!ok("http://localhost:2375/"), "names are not resolved: localhost is not 127.0.0.1");
+        assert!(ok("https://docker.example/x"), "https's default port is 443");
+        assert!(!ok("http://docker.example/x"), "http's default port is 80");
+        assert!(ok("http://[::1]:2375/_ping"));
         assert!(!ok("http://10.0.0.1:2375/"));
     }
 }
