@@ -2,7 +2,9 @@
 # Builds every WebAssembly engine of this workspace in release for wasm32-wasip2 and
 # copies each component to target/engines/<engine-name>.wasm (docker-api.wasm, null.wasm,
 # spin.wasm, …), where the host embeds docker-api.wasm and null.wasm from and the tests
-# load them all. rustc's wasm32-wasip2 cdylib output is already a component.
+# load them all. rustc's wasm32-wasip2 cdylib output is already a component. Then the
+# engine in a second language, python-docker.wasm (python-docker/build.sh: componentize-py
+# in a project-local venv, from PyPI).
 #
 # Environment: CARGO_BUILD_JOBS (e.g. 1 on a busy machine) is honoured by cargo.
 set -euo pipefail
@@ -36,4 +38,5 @@ for engine in "${engines[@]}"; do
     fi
     cp "$built" "$out/$engine.wasm"
 done
+bash "$here/python-docker/build.sh"
 ls -l "$out"

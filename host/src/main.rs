@@ -125,6 +125,9 @@ fn test_engine(args: TestArgs) -> anyhow::Result<()> {
         memory_bytes: usize::try_from(args.memory_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
         max_instances: args.max_instances,
     };
+    // The engine's own log lines (and the host's) on stderr: what an author reads when
+    // a check fails. RUST_LOG=debug shows more.
+    context_engines::logging::init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = runtime.block_on(async {
         let subject = match (&args.file, &args.native) {

@@ -97,6 +97,13 @@ pub fn engine_under_test(id: &str) -> EngineUnderTest {
             wasm_file: Some("docker-api.wasm"),
             config: docker_api(PODMAN_TCP),
         },
+        // The engine in a second language (engines-wasm/python-docker).
+        "python_docker" => EngineUnderTest {
+            engine: "python-docker",
+            runtime_sock: DOCKER_SOCK,
+            wasm_file: Some("python-docker.wasm"),
+            config: docker_api(DOCKER_TCP),
+        },
         other => panic!("no engine under test called {other}"),
     }
 }

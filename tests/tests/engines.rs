@@ -60,6 +60,17 @@ behaviour_suite! {
     ]
 }
 
+// The Python engine end to end, in a plugin, on scenarios that cover its whole
+// lifecycle; tests/tests/conformance.rs holds it to every engine-level check.
+behaviour_suite! {
+    engines: [python_docker],
+    scenarios: [
+        agent_follows_the_machine_context,
+        agent_options_reach_the_agent,
+        agent_logs_show_the_agents_output_with_tokens_masked,
+    ]
+}
+
 async fn agent_follows_the_machine_context(w: &mut World) -> anyhow::Result<()> {
     let image = w.image();
     w.upload("plain.tar.gz", &image).await?;

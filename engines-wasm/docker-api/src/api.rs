@@ -303,11 +303,11 @@ pub struct ContainerInspect {
 
 #[derive(Debug, Deserialize)]
 struct ContainerState {
-    #[serde(rename = "Running", default)]
-    running: Option<bool>,
-    /// True between a restart policy's attempts, when `Running` is still true.
-    #[serde(rename = "Restarting", default)]
-    restarting: Option<bool>,
+    /// `running`, `restarting`, `paused`, `exited`, …: Docker's `Running` flag stays true
+    /// while a container is paused or waits out its restart delay, and such an agent must
+    /// be replaced, not kept (the listing says the same).
+    #[serde(rename = "Status", default)]
+    status: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -322,7 +322,7 @@ impl ContainerInspect {
         AgentInfo {
             name: name.to_string(),
             id: self.id,
-            running: self.state.is_some_and(|s| s.running == Some(true) && s.restarting != Some(true)),
+            running: self.state.is_some_and(|s| s.status == "running"),
             labels: self.config.and_then(|c| c.labels).unwrap_or_default().into_iter().collect(),
         }
     }

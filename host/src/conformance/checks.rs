@@ -77,7 +77,9 @@ impl Kit {
             if info.version.trim().is_empty() {
                 return Err("the version is empty".to_string());
             }
-            Ok(format!("{} {} ({}), features [{features}]", info.name, info.version, info.kind))
+            // A WASM engine's version line already lists its features.
+            let features = if info.kind == "wasm" { String::new() } else { format!(", features [{features}]") };
+            Ok(format!("{} {} ({}){features}", info.name, info.version, info.kind))
         }
         .await;
         self.record(emit, "describe names the engine", verdict(result));
@@ -455,7 +457,7 @@ impl Kit {
         let limits = wasm.current_limits();
         let needed = wasm.memory_needed().await.map_err(|e| e.to_string());
         let shown = needed.clone().map(|bytes| {
-            format!("needs {} of linear memory after instantiation and configure, of a cap of {}", kib(bytes), kib(limits.memory_bytes))
+            format!("needs {} of linear memory after instantiation and configure, of a cap of {}", human(bytes), human(limits.memory_bytes))
         });
         self.record(emit, "an instance fits in the memory cap", verdict(shown));
         let Ok(needed) = needed else { return };
@@ -467,7 +469,7 @@ impl Kit {
                 match self.subject.engine.agent_list(&[(labels::PLUGIN, PLUGIN)]).await {
                     Err(e) if e.to_string().contains("memory cap") => Ok(e.to_string()),
                     Err(e) => Err(format!("the error does not name the memory cap: {e}")),
-                    Ok(_) => Err(format!("a call under a cap of {} succeeded", kib(needed / 2))),
+                    Ok(_) => Err(format!("a call under a cap of {} succeeded", human(needed / 2))),
                 }
             })
             .await;
@@ -520,8 +522,15 @@ fn started_as(spec: &AgentSpec, info: &AgentInfo) -> Check {
     if wrong.is_empty() { Ok(String::new()) } else { Err(format!("labels missing or changed: {}", wrong.join(", "))) }
 }
 
-fn kib(bytes: usize) -> String {
-    format!("{} KiB", bytes.div_ceil(1024))
+fn human(bytes: usize) -> String {
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    if mib < 1.0 {
+        format!("{} KiB", bytes.div_ceil(1024))
+    } else if mib.fract() == 0.0 {
+        format!("{mib} MiB")
+    } else {
+        format!("{mib:.1} MiB")
+    }
 }
 
 fn verdict(check: Check) -> Verdict {

@@ -38,10 +38,9 @@ pub struct Inspect {
 
 #[derive(Debug, Deserialize)]
 pub struct State {
-    #[serde(rename = "Running", default)]
-    pub running: Option<bool>,
-    #[serde(rename = "Restarting", default)]
-    pub restarting: Option<bool>,
+    /// `running`, `restarting`, `paused`, `exited`, … (Podman adds `stopped` and more).
+    #[serde(rename = "Status", default)]
+    pub status: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,10 +54,11 @@ pub struct Config {
 }
 
 impl Inspect {
-    /// Running now. Docker counts a container waiting out its restart delay as
-    /// running; the listing (and so the keep rule) does not.
+    /// Running now, as the listing says it: Docker's `Running` flag stays true while a
+    /// container is paused or waits out its restart delay, and such an agent must be
+    /// replaced, not kept.
     pub fn running(&self) -> bool {
-        self.state.as_ref().is_some_and(|s| s.running == Some(true) && s.restarting != Some(true))
+        self.state.as_ref().is_some_and(|s| s.status == "running")
     }
 }
 

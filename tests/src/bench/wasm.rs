@@ -40,9 +40,14 @@ async fn measure(config: &Config, dir: &Path) -> anyhow::Result<Vec<Figure>> {
     let calls: usize = config.get::<usize>("wasm-calls")?.max(1);
     let mut figures = Vec::new();
     let mut modules = vec![("null", json!({}))];
-    if dir.join("docker-api.wasm").is_file() {
-        let tcp = ce_tests::world::DOCKER_TCP;
-        modules.push(("docker-api", json!({"base-url": format!("http://{tcp}"), "allowed-hosts": [tcp]})));
+    let tcp = ce_tests::world::DOCKER_TCP;
+    let docker = json!({"base-url": format!("http://{tcp}"), "allowed-hosts": [tcp]});
+    for engine in ["docker-api", "python-docker"] {
+        if dir.join(format!("{engine}.wasm")).is_file() {
+            modules.push((engine, docker.clone()));
+        } else {
+            figures.push(Figure::missing(SECTION, format!("{engine}.wasm"), "not built (engines-wasm/build.sh)"));
+        }
     }
     for (name, settings) in &modules {
         let path = dir.join(format!("{name}.wasm"));
@@ -67,6 +72,11 @@ async fn measure(config: &Config, dir: &Path) -> anyhow::Result<Vec<Figure>> {
                 .baseline("describe on a warm (pooled) instance", median(&warm))
                 .note("first call on a fresh WasmEngine, compiled component already in memory"),
         );
+    }
+    let python = dir.join("python-docker.wasm");
+    if python.is_file() {
+        let settings = docker.as_object().cloned().unwrap_or_default();
+        figures.extend(memory(&python, &settings).await.with_context(|| format!("{}: memory", python.display()))?);
     }
     let (wasm, native) = per_call(&dir.join("null.wasm"), runs, calls).await?;
     figures.push(
@@ -132,6 +142,55 @@ async fn instantiate(path: &Path, settings: &Map<String, Value>, runs: usize) ->
         warm.push(ms(started.elapsed()));
     }
     Ok((first, warm))
+}
+
+/// The process's memory around a large (Python) component: the peak while compiling
+/// against what the compile leaves behind, and the peak while 16 calls run at once with
+/// `wasm-max-instances` at its default of 4 against 16 (each call its own instance).
+async fn memory(path: &Path, settings: &Map<String, Value>) -> anyhow::Result<Vec<Figure>> {
+    let pid = std::process::id();
+    let before = super::rss_mib(pid)?;
+    let sampler = super::RssSampler::start(pid);
+    let runtime = WasmRuntime::new(None).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let loaded = runtime.load(path)?;
+    let compile_peak = sampler.stop() - before;
+    let kept = super::rss_mib(pid)? - before;
+    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("engine");
+    let mut figures = vec![
+        Figure::new(SECTION, format!("{name}.wasm: RSS kept after compiling"), "MiB")
+            .value(kept, 1)
+            .baseline("peak RSS growth while compiling", compile_peak)
+            .note("VmRSS growth of this process; the compiler's freed memory is handed back (malloc_trim)"),
+    ];
+    let mut peaks = Vec::new();
+    for max_instances in [4, 16] {
+        let limits = Limits { max_instances, ..Limits::default() };
+        let copy = Loaded {
+            pre: loaded.pre.clone(),
+            component: loaded.component.clone(),
+            sha256: loaded.sha256.clone(),
+            from_cache: loaded.from_cache,
+            compile_time: loaded.compile_time,
+        };
+        let engine = Arc::new(WasmEngine::new(name, Arc::clone(&runtime), copy, settings, limits));
+        let idle = super::rss_mib(pid)?;
+        let sampler = super::RssSampler::start(pid);
+        let calls = (0..16).map(|_| {
+            let engine = Arc::clone(&engine);
+            tokio::spawn(async move { engine.agent_list(&[("drp.plugin", "ce-bench-none")]).await })
+        });
+        for call in futures_util::future::join_all(calls).await {
+            call.context("a call panicked")?.with_context(|| format!("{name}: agent_list"))?;
+        }
+        peaks.push(sampler.stop() - idle);
+    }
+    figures.push(
+        Figure::new(SECTION, format!("{name}.wasm: peak RSS growth, 16 calls at once, wasm-max-instances 4"), "MiB")
+            .value(peaks[0], 1)
+            .baseline("same with wasm-max-instances 16", peaks[1])
+            .note("each instance holds its own linear memory; calls beyond the bound wait for one"),
+    );
+    Ok(figures)
 }
 
 /// µs per `image_id` call: WASM `null` engine, then the native in-memory one.
