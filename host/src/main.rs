@@ -137,7 +137,13 @@ fn test_engine(args: TestArgs) -> anyhow::Result<()> {
         }
         .map_err(|e| anyhow::anyhow!("engines test: {e}"))?;
         let mut out = std::io::stdout();
-        Ok::<_, anyhow::Error>(conformance::run(subject, options, &mut out).await)
+        let interrupted = async {
+            // Without a handler Ctrl-C would leave the kit's agents and images behind.
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        Ok::<_, anyhow::Error>(conformance::run(subject, options, &mut out, interrupted).await)
     })?;
     println!("{}", report.summary());
     if report.failed() > 0 { Err(anyhow::anyhow!("engines test: {} of the checks failed", report.failed())) } else { Ok(()) }

@@ -35,6 +35,10 @@ impl Kit {
         Kit { subject, options, run, report: Report::default(), images: Vec::new(), agents: Vec::new() }
     }
 
+    pub fn push(&mut self, outcome: Outcome) {
+        self.report.outcomes.push(outcome);
+    }
+
     pub fn into_report(self) -> Report {
         self.report
     }
@@ -250,7 +254,7 @@ impl Kit {
     async fn only(&self, spec: &AgentSpec, id: &str) -> Check {
         let listed = self.of_machine(spec).await?;
         match listed.as_slice() {
-            [one] if one.id == id && one.running => Ok(String::new()),
+            [one] if one.id == id && one.running => started_as(spec, one).map_err(|why| format!("agent-list shows it so: {why}")),
             [one] if one.id == id => Err(format!("{} is listed as not running", one.name)),
             _ => Err(format!("expected only {id} running, agent-list shows {}", names(&listed))),
         }
@@ -288,12 +292,22 @@ impl Kit {
         );
 
         let listed = self.only(&first, &started.id).await;
-        let nobody = self.subject.engine.agent_list(&[(labels::PLUGIN, PLUGIN), (labels::MACHINE, "nobody")]).await;
-        let by_labels = listed.and_then(|_| match nobody {
-            Ok(found) if found.is_empty() => Ok(String::new()),
-            Ok(found) => Err(format!("a label nobody carries matched {}", names(&found))),
-            Err(e) => Err(e.to_string()),
-        });
+        // Every label must match, whichever comes first.
+        let machine = first.labels().get(labels::MACHINE).cloned().unwrap_or_default();
+        let other = format!("another-plugin-{}", self.run);
+        let mut by_labels = listed;
+        for pairs in [
+            [(labels::PLUGIN, PLUGIN), (labels::MACHINE, "nobody")],
+            [(labels::MACHINE, machine.as_str()), (labels::PLUGIN, other.as_str())],
+            [(labels::PLUGIN, other.as_str()), (labels::MACHINE, machine.as_str())],
+        ] {
+            let found = self.subject.engine.agent_list(&pairs).await;
+            by_labels = by_labels.and_then(|_| match found {
+                Ok(found) if found.is_empty() => Ok(String::new()),
+                Ok(found) => Err(format!("{pairs:?} matched {}, which does not carry all of them", names(&found))),
+                Err(e) => Err(e.to_string()),
+            });
+        }
         self.record(emit, "agent-list finds agents by all of the labels given", verdict(by_labels));
 
         if self.declares(feature::LOGS) {
@@ -329,9 +343,9 @@ impl Kit {
         let current = replaced.map(|info| info.id).unwrap_or(current);
 
         let in_use = match self.subject.engine.image_remove(&b.reference).await {
-            Err(EngineError::Rejected { .. }) => self.only(&first, &current).await.map_err(|why| format!("the agent was touched: {why}")),
+            Err(EngineError::Rejected { .. }) => self.only(&third, &current).await.map_err(|why| format!("the agent was touched: {why}")),
             Err(other) => Err(format!("expected rejected, got: {other}")),
-            Ok(removed) => match self.only(&first, &current).await {
+            Ok(removed) => match self.only(&third, &current).await {
                 Ok(_) => Err(format!("the image's last name was removed under its running agent (answered {removed})")),
                 Err(why) => Err(format!("the removal took the running agent with it: {why}")),
             },
@@ -341,7 +355,7 @@ impl Kit {
         let missing = self.spec("m1", &self.image("absent"), "spec-4");
         let result = match self.subject.engine.agent_start(&missing).await {
             Err(EngineError::ImageMissing { .. }) => {
-                self.only(&first, &current).await.map_err(|why| format!("the running agent was touched: {why}"))
+                self.only(&third, &current).await.map_err(|why| format!("the running agent was touched: {why}"))
             }
             Err(other) => Err(format!("expected image-missing, got: {other}")),
             Ok(info) => Err(format!("started {} from an image that does not exist", info.id)),

@@ -11,6 +11,7 @@ pub mod archive;
 mod checks;
 
 use std::fmt;
+use std::future::Future;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -34,7 +35,8 @@ pub enum Group {
     Images,
     /// Agent start/keep/replace/list/logs/stop and their errors.
     Agents,
-    /// WASM only: the memory cap and the deadline, and recovery after each.
+    /// WASM only: what an instance needs of the memory cap, and recovery after a call
+    /// over it. (Deadlines are the host's to enforce; an engine meets them by answering.)
     Limits,
 }
 
@@ -174,15 +176,28 @@ impl Report {
     }
 }
 
-/// Runs the kit, printing each outcome to `out` as it comes.
-pub async fn run(subject: Subject, options: Options, out: &mut (dyn Write + Send)) -> Report {
+/// Runs the kit, printing each outcome to `out` as it comes. When `interrupted`
+/// resolves first (Ctrl-C), the checks stop where they are; what they made is removed
+/// either way.
+pub async fn run(subject: Subject, options: Options, out: &mut (dyn Write + Send), interrupted: impl Future<Output = ()>) -> Report {
     let mut kit = Kit::new(subject, options);
-    kit.run(&mut |outcome: &Outcome| {
-        // A report line that cannot be written is no reason to stop testing.
+    let finished = {
+        let mut emit = |outcome: &Outcome| {
+            // A report line that cannot be written is no reason to stop testing.
+            let _ = writeln!(out, "{outcome}");
+            let _ = out.flush();
+        };
+        tokio::select! {
+            _ = kit.run(&mut emit) => true,
+            _ = interrupted => false,
+        }
+    };
+    if !finished {
+        let outcome =
+            Outcome { check: "the run".to_string(), verdict: Verdict::Fail("interrupted; removing what the kit made".to_string()) };
         let _ = writeln!(out, "{outcome}");
-        let _ = out.flush();
-    })
-    .await;
+        kit.push(outcome);
+    }
     let cleanup = kit.clean_up().await;
     for problem in cleanup {
         let _ = writeln!(out, "cleanup: {problem}");

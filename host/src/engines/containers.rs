@@ -13,6 +13,20 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
+/// Why a read failed, sorted as the engine reports it.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// No connection (refused, reset, no socket).
+    #[error("{0}")]
+    Unreachable(String),
+    /// The runtime refused the request (4xx).
+    #[error("{0}")]
+    Refused(String),
+    /// The runtime failed (5xx) or answered something else than the API's shape.
+    #[error("{0}")]
+    Failed(String),
+}
+
 #[derive(Debug, Deserialize)]
 pub struct Summary {
     #[serde(rename = "Id")]
@@ -63,49 +77,56 @@ impl Inspect {
 }
 
 /// `GET /v{api}/containers/json?all=1&filters=…` on a `unix://` or `tcp://` host.
-pub async fn list(host: &str, api_version: &str, labels: &[(&str, &str)]) -> Result<Vec<Summary>, String> {
+pub async fn list(host: &str, api_version: &str, labels: &[(&str, &str)]) -> Result<Vec<Summary>, ReadError> {
     let label_filters: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let filters = serde_json::json!({ "label": label_filters }).to_string();
     let query: String = url_encode(&filters);
     let body = get_path(host, &format!("/v{api_version}/containers/json?all=1&filters={query}"))
         .await?
-        .ok_or_else(|| "listing containers: 404".to_string())?;
-    serde_json::from_slice(&body).map_err(|e| format!("container list is not what the Engine API returns: {e}"))
+        .ok_or_else(|| ReadError::Refused("listing containers: 404".to_string()))?;
+    serde_json::from_slice(&body).map_err(|e| ReadError::Failed(format!("container list is not what the Engine API returns: {e}")))
 }
 
 /// `GET /v{api}/containers/{name}/json`; none when no container has that name or id.
-pub async fn inspect(host: &str, api_version: &str, name: &str) -> Result<Option<Inspect>, String> {
+pub async fn inspect(host: &str, api_version: &str, name: &str) -> Result<Option<Inspect>, ReadError> {
     let Some(body) = get_path(host, &format!("/v{api_version}/containers/{}/json", url_encode(name))).await? else { return Ok(None) };
-    serde_json::from_slice(&body).map(Some).map_err(|e| format!("container {name} inspected is not what the Engine API returns: {e}"))
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| ReadError::Failed(format!("container {name} inspected is not what the Engine API returns: {e}")))
 }
 
 /// The body of a GET of `path`; none on 404.
-async fn get_path(host: &str, path: &str) -> Result<Option<Bytes>, String> {
+async fn get_path(host: &str, path: &str) -> Result<Option<Bytes>, ReadError> {
     if let Some(socket) = host.strip_prefix("unix://").or_else(|| host.starts_with('/').then_some(host)) {
         let client: Client<hyperlocal::UnixConnector, Empty<Bytes>> =
             Client::builder(TokioExecutor::new()).build(hyperlocal::UnixConnector);
         get(&client, hyperlocal::Uri::new(socket, path).into()).await
     } else {
         let authority = host.trim_start_matches("tcp://").trim_start_matches("http://").trim_end_matches('/');
-        let uri: hyper::Uri = format!("http://{authority}{path}").parse().map_err(|e| format!("bad host {host}: {e}"))?;
+        let uri: hyper::Uri =
+            format!("http://{authority}{path}").parse().map_err(|e| ReadError::Failed(format!("bad host {host}: {e}")))?;
         let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         get(&client, uri).await
     }
 }
 
-async fn get<C>(client: &Client<C, Empty<Bytes>>, uri: hyper::Uri) -> Result<Option<Bytes>, String>
+async fn get<C>(client: &Client<C, Empty<Bytes>>, uri: hyper::Uri) -> Result<Option<Bytes>, ReadError>
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
     let path = uri.path().to_string();
-    let response = client.get(uri).await.map_err(|e| format!("GET {path}: {e}"))?;
+    let response = client.get(uri).await.map_err(|e| ReadError::Unreachable(format!("GET {path}: {e}")))?;
     let status = response.status();
-    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let body = response.into_body().collect().await.map_err(|e| ReadError::Unreachable(format!("GET {path}: {e}")))?.to_bytes();
     if status == hyper::StatusCode::NOT_FOUND {
         return Ok(None);
     }
+    let message = format!("GET {path}: HTTP {status}: {}", String::from_utf8_lossy(&body).trim());
+    if status.is_client_error() {
+        return Err(ReadError::Refused(message));
+    }
     if !status.is_success() {
-        return Err(format!("GET {path}: HTTP {status}: {}", String::from_utf8_lossy(&body)));
+        return Err(ReadError::Failed(message));
     }
     Ok(Some(body))
 }

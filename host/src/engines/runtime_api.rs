@@ -6,6 +6,7 @@
 //! (vv9k/podman-api-rs#169), while the compat API is served by Podman 4 and 5 alike.
 
 use std::collections::HashMap;
+use std::future::Future;
 
 use async_trait::async_trait;
 use bollard::Docker;
@@ -130,10 +131,22 @@ impl RuntimeApiEngine {
     async fn inspect(&self, name: &str) -> Result<Option<containers::Inspect>, EngineError> {
         let docker = self.client().await?;
         let version = docker.client_version().to_string();
-        tokio::time::timeout(std::time::Duration::from_secs(self.timeout_secs), containers::inspect(&self.host, &version, name))
-            .await
-            .unwrap_or_else(|_| Err(format!("inspecting {name}: no answer within {}s", self.timeout_secs)))
-            .map_err(|cause| EngineError::Failed { engine: self.name.clone(), cause })
+        let read = containers::inspect(&self.host, &version, name);
+        self.bounded(&format!("inspecting {name}"), read).await
+    }
+
+    /// A read of [`containers`], under the request timeout, its error sorted.
+    async fn bounded<T>(&self, what: &str, read: impl Future<Output = Result<T, containers::ReadError>>) -> Result<T, EngineError> {
+        let engine = self.name.clone();
+        match tokio::time::timeout(std::time::Duration::from_secs(self.timeout_secs), read).await {
+            Err(_) => Err(EngineError::Failed { engine, cause: format!("{what}: no answer within {}s", self.timeout_secs) }),
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(containers::ReadError::Unreachable(cause))) => {
+                Err(EngineError::Unreachable { engine, address: self.host.clone(), cause })
+            }
+            Ok(Err(containers::ReadError::Refused(cause))) => Err(EngineError::Rejected { engine, cause }),
+            Ok(Err(containers::ReadError::Failed(cause))) => Err(EngineError::Failed { engine, cause }),
+        }
     }
 
     /// Creates and starts the agent, unless a container already has its name: that one is
@@ -395,11 +408,7 @@ impl Engine for RuntimeApiEngine {
         // as every other request here: a runtime that never answers `docker ps` fails the
         // listing instead of holding it.
         let version = docker.client_version().to_string();
-        let listing = containers::list(&self.host, &version, labels);
-        let found = tokio::time::timeout(std::time::Duration::from_secs(self.timeout_secs), listing)
-            .await
-            .unwrap_or_else(|_| Err(format!("listing containers: no answer within {}s", self.timeout_secs)))
-            .map_err(|cause| EngineError::Failed { engine: self.name.clone(), cause })?;
+        let found = self.bounded("listing containers", containers::list(&self.host, &version, labels)).await?;
         Ok(found
             .into_iter()
             .map(|c| AgentInfo {

@@ -282,7 +282,16 @@ impl Images {
     /// left behind would keep the image's layers on disk.
     pub async fn remove(&self, engine: &dyn Engine, image: &str) -> Result<(), EngineError> {
         engine.image_remove(image).await?;
-        engine.image_remove(&ledger::marker(image)).await?;
+        let marker = ledger::marker(image);
+        if let Err(e) = engine.image_remove(&marker).await {
+            // The marker was the image's last name and a container uses the image: the
+            // runtime keeps it (removals are never forced). Give the name back, so the
+            // image is as it was and still counted as ours.
+            if let Err(back) = engine.image_tag(&marker, image).await {
+                tracing::warn!("removing {image}: its marker stayed ({e}) and naming it {image} again failed: {back}");
+            }
+            return Err(e);
+        }
         self.ledger.forget(engine.name(), image);
         Ok(())
     }

@@ -55,8 +55,10 @@ pub struct WasmEngine {
     pub sha256: String,
     settings: Mutex<Settings>,
     pool: Pool<Instance>,
-    /// `describe`'s answer: a component's features never change, so it is asked once.
-    described: Mutex<Option<Described>>,
+    /// `describe`'s answer, asked once per settings generation: the features never
+    /// change, but whether `configure` succeeds does, and that is what shows an engine
+    /// as unavailable.
+    described: Mutex<Option<(u64, Described)>>,
 }
 
 type CallFuture<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result<Result<R, bindings::EngineError>>> + Send + 'a>>;
@@ -102,9 +104,6 @@ impl WasmEngine {
         drop(current);
         self.pool.resize(limits.max_instances);
         self.pool.clear();
-        // Asked again on the next `info`: with the new settings `configure` may fail,
-        // and the engine must then show as unavailable, not as it was.
-        *self.described.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     fn limits(&self) -> Limits {
@@ -115,8 +114,10 @@ impl WasmEngine {
         self.limits()
     }
 
-    /// Runs `work` with the engine under `limits`, then puts its own back (the
-    /// conformance kit's way of showing what a limit does to this engine).
+    /// Runs `work` with the engine under `limits`, then puts its own back: the
+    /// conformance kit's way of showing what a limit does to this engine. Only for an
+    /// engine nothing else calls meanwhile (the kit runs alone in its process): other
+    /// calls would run under `limits` too, and a reconfigure meanwhile would be undone.
     pub async fn with_limits<R>(&self, limits: Limits, work: impl Future<Output = R>) -> R {
         let (json, own) = {
             let s = self.settings.lock().unwrap_or_else(|p| p.into_inner());
@@ -204,14 +205,17 @@ impl WasmEngine {
         let _slot = self.pool.slot().await;
         let generation = self.generation();
         let mut instance = self.instance(generation).await?;
-        let budget = streaming.clone().unwrap_or_else(|| Budget::new(limits.deadline));
+        let is_streaming = streaming.is_some();
+        let mut budget = streaming.unwrap_or_else(|| Budget::new(limits.deadline));
+        // The wait for a slot and a fresh instance's set-up are not the call's time.
+        budget.restart();
         instance.store.data_mut().budget = budget.clone();
         instance.store.set_epoch_deadline(1);
         let mut watch = budget.clone();
         let outcome = {
             let Instance { store, bindings, .. } = &mut instance;
             let call = f(bindings, store);
-            if streaming.is_some() {
+            if is_streaming {
                 tokio::select! {
                     result = call => Ok(result),
                     _ = watchdog(&mut watch) => Err(()),
@@ -226,7 +230,10 @@ impl WasmEngine {
             Ok(Ok(result)) => result,
         };
         crate::metrics::global().wasm_call(&self.name, WasmEnd::Returned);
-        self.pool.give_back(generation, instance);
+        // An instance configured with settings that changed during the call is dropped.
+        if generation == self.generation() {
+            self.pool.give_back(generation, instance);
+        }
         result.map_err(|e| self.guest_error(e))
     }
 
@@ -327,11 +334,14 @@ impl WasmEngine {
 
     /// `describe`, asked once and remembered.
     pub async fn described(&self) -> Result<Described, EngineError> {
-        if let Some(known) = self.described.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        let generation = self.generation();
+        if let Some((asked, known)) = self.described.lock().unwrap_or_else(|p| p.into_inner()).clone()
+            && asked == generation
+        {
             return Ok(known);
         }
         let described = self.describe().await?;
-        *self.described.lock().unwrap_or_else(|p| p.into_inner()) = Some(described.clone());
+        *self.described.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, described.clone()));
         Ok(described)
     }
 
@@ -384,16 +394,19 @@ fn allowed_host(entry: &Value) -> Result<String, String> {
     if text.contains("://") || text.contains('/') {
         return refuse("is not host:port (no scheme or path)");
     }
-    let Ok(authority) = text.parse::<http::uri::Authority>() else { return refuse("is not a host:port") };
+    // "[::1]" ends in a bracket, not in a port.
+    let port_written = text.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && !port.contains(']'));
+    let Ok(authority) = text.parse::<http::uri::Authority>() else {
+        return refuse(if port_written { "is not a host and a port from 1 to 65535" } else { "is not a host:port" });
+    };
     if authority.as_str().contains('@') {
         return refuse("carries user information");
     }
-    match (authority.port(), authority.port_u16()) {
-        (None, _) => return refuse("has no port"),
-        (Some(_), None | Some(0)) => return refuse("has a port that is not a number from 1 to 65535"),
-        _ => {}
+    match authority.port_u16() {
+        Some(port) if port > 0 => Ok(super::state::canonical_authority(authority.host(), port)),
+        _ if port_written => refuse("has a port that is not a number from 1 to 65535"),
+        _ => refuse("has no port"),
     }
-    Ok(text.to_string())
 }
 
 /// `spec` in engine@0.2.0's terms: all of it.
@@ -582,14 +595,17 @@ mod tests {
 
     #[test]
     fn allowed_hosts_are_host_and_port() {
-        assert_eq!(hosts(serde_json::json!(["127.0.0.1:2375", "[::1]:1", "docker.example:443"])).map(|h| h.len()), Ok(3));
+        let written = serde_json::json!(["127.0.0.1:2375", "[0:0::1]:1", "Docker.Example:443", "host:02375"]);
+        let stored = ["127.0.0.1:2375", "[::1]:1", "docker.example:443", "host:2375"].map(str::to_string).to_vec();
+        assert_eq!(hosts(written), Ok(stored), "entries are kept in one spelling, the one requests are compared in");
         assert_eq!(allowed_hosts(&Map::new()), Ok(Vec::new()));
         for (bad, says) in [
             ("docker.example", "has no port"),
             ("http://127.0.0.1:2375", "no scheme or path"),
             ("127.0.0.1:2375/v1.41", "no scheme or path"),
             ("user@host:1", "user information"),
-            ("host:port", "port"),
+            ("host:port", "not a number from 1"),
+            ("host:70000", "from 1 to 65535"),
             ("127.0.0.1:0", "not a number from 1"),
         ] {
             let error = hosts(serde_json::json!([bad])).expect_err(bad);

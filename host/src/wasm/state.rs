@@ -31,6 +31,8 @@ pub struct GuestState {
 pub struct MemoryCap {
     cap: usize,
     used: usize,
+    /// The last grow allowed, undone if it fails after all.
+    pending: Option<(usize, usize)>,
 }
 
 /// The trap a refused grow raises: the caller reports it as the memory cap, with the
@@ -44,7 +46,7 @@ pub struct OverMemoryCap {
 
 impl MemoryCap {
     pub fn new(cap: usize) -> MemoryCap {
-        MemoryCap { cap, used: 0 }
+        MemoryCap { cap, used: 0, pending: None }
     }
 
     /// Bytes of linear memory the instance holds now, all memories together.
@@ -62,7 +64,17 @@ impl ResourceLimiter for MemoryCap {
             return Err(OverMemoryCap { wanted, cap: self.cap }.into());
         }
         self.used = wanted;
+        self.pending = Some((current, desired));
         Ok(true)
+    }
+
+    /// A grow the cap allowed can still fail (the memory's own maximum, the system):
+    /// it must not stay counted.
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        if let Some((current, desired)) = self.pending.take() {
+            self.used = self.used.saturating_sub(desired).saturating_add(current);
+        }
+        Ok(())
     }
 
     fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
@@ -109,6 +121,12 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// Counts from now: a call's budget starts when it has its instance, not while it
+    /// waited for one (see `wasm-max-instances`).
+    pub fn restart(&mut self) {
+        self.since = Instant::now();
+    }
+
     pub fn new(deadline: Duration) -> Budget {
         Budget { deadline, after_end: deadline, since: Instant::now(), progress: None }
     }
@@ -209,10 +227,22 @@ impl AllowList {
     fn permits(&self, uri: &http::Uri) -> bool {
         let Some(host) = uri.host() else { return false };
         let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
-        let authority = format!("{host}:{port}");
-        // Entries are all `host:port` (a bare host is refused at configure): no entry
-        // stands for every port of a host.
-        self.allowed.iter().any(|a| a.eq_ignore_ascii_case(&authority))
+        // Entries are all `host:port` in this same spelling (see `allowed-hosts` in
+        // wasm/engine.rs): no entry stands for every port of a host.
+        let authority = canonical_authority(host, port);
+        self.allowed.contains(&authority)
+    }
+}
+
+/// `host:port` in one spelling: the host lowercased, an IPv6 literal in its shortest
+/// form within brackets, the port as a plain number. Names are not resolved, so
+/// `localhost` and `127.0.0.1` stay different.
+pub fn canonical_authority(host: &str, port: u16) -> String {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+        Ok(ip) => format!("{ip}:{port}"),
+        Err(_) => format!("{}:{port}", host.to_ascii_lowercase()),
     }
 }
 
@@ -296,7 +326,7 @@ mod tests {
 
     #[test]
     fn allow_list_matches_host_and_port() {
-        let allowed = ["127.0.0.1:2375", "Docker.Example:443", "[::1]:2375"].map(str::to_string).to_vec();
+        let allowed = ["127.0.0.1:2375", "docker.example:443", "[::1]:2375"].map(str::to_string).to_vec();
         let list = AllowList { engine: "e".to_string(), allowed };
         let ok = |u: &str| list.permits(&u.parse().expect("uri"));
         assert!(ok("http://127.0.0.1:2375/v1.41/_ping"));
@@ -305,6 +335,8 @@ mod tests {
         assert!(ok("https://docker.example/x"), "https's default port is 443");
         assert!(!ok("http://docker.example/x"), "http's default port is 80");
         assert!(ok("http://[::1]:2375/_ping"));
+        assert!(ok("http://[0:0::1]:2375/_ping"), "IPv6 in any spelling");
+        assert!(ok("https://DOCKER.example/x"), "host names in any case");
         assert!(!ok("http://10.0.0.1:2375/"));
     }
 }
