@@ -116,7 +116,7 @@ fn compile(path: &Path, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     Ok((cold, cached))
 }
 
-fn fresh_engine(name: &str, runtime: &Arc<WasmRuntime>, loaded: &Loaded, settings: &Map<String, Value>) -> WasmEngine {
+fn fresh_engine(name: &str, runtime: &Arc<WasmRuntime>, loaded: &Loaded, settings: &Map<String, Value>, limits: Limits) -> WasmEngine {
     let copy = Loaded {
         pre: loaded.pre.clone(),
         component: loaded.component.clone(),
@@ -124,7 +124,7 @@ fn fresh_engine(name: &str, runtime: &Arc<WasmRuntime>, loaded: &Loaded, setting
         from_cache: loaded.from_cache,
         compile_time: loaded.compile_time,
     };
-    WasmEngine::new(name, Arc::clone(runtime), copy, settings, Limits::default())
+    WasmEngine::new(name, Arc::clone(runtime), copy, settings, limits)
 }
 
 async fn instantiate(path: &Path, settings: &Map<String, Value>, runs: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
@@ -133,7 +133,7 @@ async fn instantiate(path: &Path, settings: &Map<String, Value>, runs: usize) ->
     let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("engine");
     let (mut first, mut warm) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let engine = fresh_engine(name, &runtime, &loaded, settings);
+        let engine = fresh_engine(name, &runtime, &loaded, settings, Limits::default());
         let started = Instant::now();
         engine.describe().await.with_context(|| format!("{name}: first describe"))?;
         first.push(ms(started.elapsed()));
@@ -165,14 +165,7 @@ async fn memory(path: &Path, settings: &Map<String, Value>) -> anyhow::Result<Ve
     let mut peaks = Vec::new();
     for max_instances in [4, 16] {
         let limits = Limits { max_instances, ..Limits::default() };
-        let copy = Loaded {
-            pre: loaded.pre.clone(),
-            component: loaded.component.clone(),
-            sha256: loaded.sha256.clone(),
-            from_cache: loaded.from_cache,
-            compile_time: loaded.compile_time,
-        };
-        let engine = Arc::new(WasmEngine::new(name, Arc::clone(&runtime), copy, settings, limits));
+        let engine = Arc::new(fresh_engine(name, &runtime, &loaded, settings, limits));
         let idle = super::rss_mib(pid)?;
         let sampler = super::RssSampler::start(pid);
         let calls = (0..16).map(|_| {
@@ -197,7 +190,7 @@ async fn memory(path: &Path, settings: &Map<String, Value>) -> anyhow::Result<Ve
 async fn per_call(path: &Path, runs: usize, calls: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let runtime = WasmRuntime::new(None).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let loaded = runtime.load(path)?;
-    let wasm: Arc<dyn Engine> = Arc::new(fresh_engine("null", &runtime, &loaded, &Map::new()));
+    let wasm: Arc<dyn Engine> = Arc::new(fresh_engine("null", &runtime, &loaded, &Map::new(), Limits::default()));
     let native: Arc<dyn Engine> = Arc::new(InMemory);
     wasm.image_id("warm-up").await?;
     let (mut wasm_us, mut native_us) = (Vec::new(), Vec::new());
