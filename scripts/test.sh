@@ -34,7 +34,7 @@ for file in tests/tests/*.rs; do
   [ "$name" = faults ] || targets+=(--test "$name")
 done
 [ -f tests/tests/faults.rs ] || { echo "test.sh: tests/tests/faults.rs is missing" >&2; exit 1; }
-cargo test --release --locked --workspace --lib --bins "${targets[@]}" -- --test-threads=4
+cargo test --release --locked --no-fail-fast --workspace --lib --bins "${targets[@]}" -- --test-threads=4
 cargo test --release --locked -p ce-tests --test faults -- --test-threads=1
 # The WASM engines' own unit tests, natively (the components themselves are tested
 # through the host above).

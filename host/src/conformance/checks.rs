@@ -71,6 +71,13 @@ impl Kit {
         format!("conformance/{name}:{}", self.run)
     }
 
+    /// An image of this run's own: the run is in its content too, so no other run (in
+    /// parallel, on the same runtime) loads the same image under another name, which
+    /// would turn a removal of our last name into an untag.
+    fn test_image(&self, name: &str) -> TestImage {
+        TestImage::new(&self.image(name), &format!("{name}-{}", self.run))
+    }
+
     // ---- describe -------------------------------------------------------------------
 
     async fn describe(&mut self, emit: &mut (dyn FnMut(&Outcome) + Send)) {
@@ -110,12 +117,12 @@ impl Kit {
         .await;
         self.record(emit, "image-id of an absent image is none", verdict(result));
 
-        let small = TestImage::new(&self.image("agent"), "a");
+        let small = self.test_image("agent");
         self.images.push(small.reference.clone());
         let result = self.load_and_find(&small, false).await;
         self.record(emit, "image-load of an archive makes its name an image", verdict(result));
 
-        let gzipped = TestImage::new(&self.image("gzipped"), "gz");
+        let gzipped = self.test_image("gzipped");
         self.images.push(gzipped.reference.clone());
         let result = self.load_and_find(&gzipped, true).await;
         self.record(emit, "image-load of a gzip archive (the host decompresses it)", verdict(result));
@@ -176,7 +183,7 @@ impl Kit {
         if self.options.large_mb == 0 {
             self.record(emit, "image-load of a large archive", Verdict::Skip("left out (--large-mb 0)".to_string()));
         } else {
-            let large = TestImage::large(&self.image("large"), "large", self.options.large_mb * 1024 * 1024);
+            let large = TestImage::large(&self.image("large"), &format!("large-{}", self.run), self.options.large_mb * 1024 * 1024);
             self.images.push(large.reference.clone());
             let name = format!("image-load of a {} MiB archive, streamed", large.size() / (1024 * 1024));
             let started = Instant::now();
@@ -262,7 +269,7 @@ impl Kit {
 
     async fn agents(&mut self, emit: &mut (dyn FnMut(&Outcome) + Send)) {
         // The images the agents run; loaded here too, so `--only agents` works.
-        let (a, b) = (TestImage::new(&self.image("agent"), "a"), TestImage::new(&self.image("agent-b"), "b"));
+        let (a, b) = (self.test_image("agent"), self.test_image("agent-b"));
         for image in [&a, &b] {
             if !self.images.contains(&image.reference) {
                 self.images.push(image.reference.clone());
