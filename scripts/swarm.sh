@@ -27,16 +27,25 @@
 #
 # What this sandbox's kernel lacks, and what that means (found empirically, see `check`):
 #   * CONFIG_IP_VS is not set: swarm's routing mesh (ingress-published ports) and VIP
-#     load balancing cannot work. Services must use host networking or
-#     `--endpoint-mode dnsrr`, and publish nothing through the ingress network.
+#     load balancing cannot work (a VIP does not answer; dockerd logs that
+#     /proc/sys/net/ipv4/vs/* is missing). Swarm itself, the ingress network's creation
+#     and tasks run fine. Services must use host networking, or an overlay network with
+#     `--endpoint-mode dnsrr` (VXLAN works: CONFIG_VXLAN=y), and publish nothing
+#     through the ingress network.
 #   * CONFIG_INET_ESP / CONFIG_CRYPTO_GCM are not set: no encrypted overlay networks.
 #   * No registry is reachable: images are loaded into each node (`docker load`), and
 #     services name them by image id (sha256:…), which the swarm executor never tries
 #     to pull (a name makes every task start with a failing pull attempt).
 #
 # Why the worker dockerd runs under `nsenter --net` and not `ip netns exec`: `ip netns
-# exec` remounts /sys in a private mount namespace, which drops the cgroup v1
-# hierarchies mounted under /sys/fs/cgroup, and then no container can start.
+# exec` remounts /sys in a private mount namespace, and the new /sys has none of the
+# cgroup v1 hierarchies mounted under /sys/fs/cgroup here (checked: `ip netns exec
+# ce-swarm-worker ls /sys/fs/cgroup` is empty). Under nsenter the worker shares the root
+# mount namespace: its overlay2 and netns mounts show up on the host, and `down`
+# unmounts whatever a killed worker left behind before it removes the directories.
+# (dockerd logs "enabling default vlan on bridge br0 failed ... default_pvid: permission
+# denied" for each overlay network: CONFIG_BRIDGE_VLAN_FILTERING is not set; harmless,
+# overlay networks across the two nodes work.)
 #
 # Why the worker dockerd runs through a symlink named ce-swarm-dockerd: tests/tests/
 # faults.rs stops "dockerd" by `pidof dockerd` and waits until no such process is left;
@@ -297,18 +306,26 @@ forget_dead_workers() {
   done
 }
 
+# Ready means: the manager sees exactly two nodes, both Ready, one of them this worker
+# dockerd's node (a dead predecessor stays "Ready" for a few heartbeats, then goes Down
+# and is removed).
 wait_nodes_ready() {
-  local i ready
+  local i self nodes ready=0
+  self=$(wrk info --format '{{.Swarm.NodeID}}')
+  [ -n "$self" ] || die "the worker dockerd reports no swarm node id after joining"
   for i in $(seq 1 60); do
     forget_dead_workers
-    ready=$(mgr node ls --format '{{.Status}}' | grep -c '^Ready$' || true)
-    [ "$ready" = 2 ] && break
+    nodes=$(mgr node ls --format '{{.ID}} {{.Status}}')
+    ready=$(grep -c ' Ready$' <<<"$nodes" || true)
+    if [ "$(wc -l <<<"$nodes")" = 2 ] && [ "$ready" = 2 ] && grep -q "^$self Ready$" <<<"$nodes"; then
+      break
+    fi
+    ready=0
     sleep 1
   done
-  [ "$ready" = 2 ] || { mgr node ls >&2 || true; die "the swarm has $ready Ready nodes after 60 s, want 2"; }
-  local hosts
-  hosts=$(mgr node ls --format '{{.Hostname}}' | sort -u | wc -l)
-  [ "$hosts" = 2 ] || die "the swarm's two nodes do not have distinct hostnames"
+  [ "$ready" = 2 ] || { mgr node ls >&2 || true; die "the swarm is not two Ready nodes (manager + $self) after 60 s"; }
+  [ "$(mgr node ls --format '{{.Hostname}}' | sort -u | wc -l)" = 2 ] ||
+    die "the swarm's two nodes do not have distinct hostnames"
 }
 
 print_nodes() {
@@ -339,6 +356,8 @@ cmd_down() {
     wrk swarm leave --force >/dev/null 2>&1 || log "worker: swarm leave failed (going on)"
   fi
   # 2. The manager leaves, but only our swarm (advertised on $HOST_ADDR).
+  answers "$MANAGER_SOCK" ||
+    log "WARNING: the manager dockerd does not answer on $MANAGER_SOCK: if it was in swarm mode, it still is when it comes back (run down again then)"
   if answers "$MANAGER_SOCK" && [ "$(swarm_state "$MANAGER_SOCK")" != inactive ]; then
     if [ "$(mgr info --format '{{.Swarm.NodeAddr}}' 2>/dev/null)" = "$HOST_ADDR" ]; then
       log "manager: docker swarm leave --force"

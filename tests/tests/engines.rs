@@ -467,9 +467,18 @@ async fn a_name_held_by_another_plugin_is_left_alone(w: &mut World) -> anyhow::R
             .await?;
         let error = failed["Object"]["Error"].as_str().unwrap_or_default().to_string();
         ensure!(error.contains(&owner) && error.contains(&name), "the error should name the owner and the name: {failed}");
-        let (_, status) = w.action("agentStatus", json!({})).await?;
-        let failing = status["failing"].as_array().into_iter().flatten().find(|f| f["machine"] == uuid.as_str()).cloned();
-        ensure!(failing.is_some_and(|f| f["error"].as_str().is_some_and(|e| e.contains(&owner))), "agentStatus: {status}");
+        // The event goes out as the start fails; the work queue records the failure
+        // when the settle returns, a moment later.
+        let started = std::time::Instant::now();
+        loop {
+            let (_, status) = w.action("agentStatus", json!({})).await?;
+            let failing = status["failing"].as_array().into_iter().flatten().find(|f| f["machine"] == uuid.as_str()).cloned();
+            if failing.is_some_and(|f| f["error"].as_str().is_some_and(|e| e.contains(&owner))) {
+                break;
+            }
+            ensure!(started.elapsed() < SETTLE, "agentStatus never showed the failure: {status}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let still = w.runtime.inspect_container(&name, None).await.context("the other plugin's container was removed")?;
         ensure!(still.id.as_deref() == Some(foreign.as_str()), "the container holding the name changed");
         // agentStop of that name: ours is absent, theirs is not touched.
