@@ -9,7 +9,8 @@ use crate::{EngineError, Result};
 const CHUNK: u64 = 64 * 1024;
 
 /// A `docker save` / OCI image archive (tar, already decompressed by the host), fed by the
-/// host as it downloads it: a `wasi:io/streams@0.2.12` input stream.
+/// host as it reads it (a download is spooled to disk and checked first): a
+/// `wasi:io/streams@0.2.12` input stream.
 ///
 /// Either send it on as an HTTP request body with
 /// [`http::Request::stream_body`](crate::http::Request::stream_body) (the host copies it
@@ -29,8 +30,9 @@ impl Archive {
     }
 
     /// The next piece of the archive (at most 64 KiB), blocking until one is available;
-    /// `None` at the end. An error means the host could not go on feeding it (the
-    /// download failed): it is a [`EngineError::BadArchive`].
+    /// `None` at the end. An error means the host could not go on feeding it (a read or
+    /// gzip error, or `context-engines/max-archive-mb` passed): it is a
+    /// [`EngineError::BadArchive`].
     pub fn read_chunk(&mut self) -> Result<Option<Vec<u8>>> {
         loop {
             match self.stream.blocking_read(CHUNK) {
