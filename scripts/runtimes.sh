@@ -19,6 +19,9 @@ command -v runc >/dev/null || need_pkgs+=(runc)
 [ -x /bin/busybox ] || need_pkgs+=(busybox-static)
 command -v curl >/dev/null || need_pkgs+=(curl)
 command -v socat >/dev/null || need_pkgs+=(socat)
+# scripts/swarm.sh (the two-node swarm of tests/tests/swarm.rs): ip, nsenter, unshare.
+command -v ip >/dev/null || need_pkgs+=(iproute2)
+command -v nsenter >/dev/null || need_pkgs+=(util-linux)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -26,16 +26,23 @@ for c in json.load(sys.stdin):
     curl -sf -X DELETE --unix-socket "$sock" "http://d/v1.41/containers/$id?force=1" >/dev/null || true
   done
 done
-# Every end-to-end target in tests/tests, found rather than listed, but faults.rs: fault
-# tests stop and restart dockerd, so they run alone, after everything else.
+# Every end-to-end target in tests/tests, found rather than listed, but faults.rs (fault
+# tests stop and restart dockerd, so they run alone, after everything else) and swarm.rs
+# (it needs the two-node swarm of scripts/swarm.sh, built for it and taken down after).
 targets=()
 for file in tests/tests/*.rs; do
   name=$(basename "$file" .rs)
-  [ "$name" = faults ] || targets+=(--test "$name")
+  [ "$name" = faults ] || [ "$name" = swarm ] || targets+=(--test "$name")
 done
-[ -f tests/tests/faults.rs ] || { echo "test.sh: tests/tests/faults.rs is missing" >&2; exit 1; }
+for alone in faults swarm; do
+  [ -f "tests/tests/$alone.rs" ] || { echo "test.sh: tests/tests/$alone.rs is missing" >&2; exit 1; }
+done
 cargo test --release --locked --no-fail-fast --workspace --lib --bins "${targets[@]}" -- --test-threads=4
 cargo test --release --locked -p ce-tests --test faults -- --test-threads=1
+# Taken down however the run ends, so no later run (nor the machine) is left in swarm mode.
+trap 'bash scripts/swarm.sh down || true' EXIT
+bash scripts/swarm.sh up
+cargo test --release --locked -p ce-tests --test swarm -- --test-threads=2
 # The WASM engines' own unit tests, natively (the components themselves are tested
 # through the host above).
 (cd engines-wasm && cargo test --locked --workspace --lib)

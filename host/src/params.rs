@@ -347,6 +347,12 @@ fn engine_config(params: &Map<String, Value>) -> Result<BTreeMap<String, Map<Str
         .map(|(engine, settings)| match settings {
             Value::Object(map) => {
                 request_timeout(engine, map)?;
+                if engine == crate::engines::swarm::NAME {
+                    crate::engines::swarm::SwarmEngine::new(engine, map).map_err(|why| ParamError::Invalid {
+                        name: ENGINE_CONFIG.to_string(),
+                        why: format!("settings of engine '{engine}': {why}"),
+                    })?;
+                }
                 Ok((engine.clone(), map.clone()))
             }
             other => Err(ParamError::Invalid {

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::engine::Engine;
 use crate::engines::runtime_api::{Flavor, RuntimeApiEngine};
+use crate::engines::swarm::{self, SwarmEngine};
 use crate::metrics::observed::Observed;
 use crate::params::Settings;
 use crate::wasm::WasmEngine;
@@ -105,6 +106,17 @@ impl Registry {
             let timeout = crate::params::request_timeout(name, &wanted).ok().flatten();
             let engine: Arc<dyn Engine> = Arc::new(Observed::new(RuntimeApiEngine::new(name, *flavor, host, timeout)));
             native.insert(name.to_string(), Native { engine, settings: wanted });
+        }
+        // The swarm engine exists once it is configured (it has no default manager a
+        // plain Docker host would answer as). Settings were checked when the config was
+        // accepted; a config without it keeps the engine last configured, whose agents
+        // live in the cluster either way.
+        if let Some(wanted) = settings.engine_config.get(swarm::NAME)
+            && native.get(swarm::NAME).is_none_or(|n| &n.settings != wanted)
+            && let Ok(engine) = SwarmEngine::new(swarm::NAME, wanted)
+        {
+            let engine: Arc<dyn Engine> = Arc::new(Observed::new(engine));
+            native.insert(swarm::NAME.to_string(), Native { engine, settings: wanted.clone() });
         }
         drop(native);
         for (name, engine) in self.wasm.read().unwrap_or_else(|p| p.into_inner()).iter() {

@@ -67,6 +67,8 @@ pub fn docker_api_at(authority: &str) -> Value {
 /// The Engine API of each runtime on loopback TCP (scripts/runtimes.sh), for WASM engines.
 pub const DOCKER_TCP: &str = "127.0.0.1:23750";
 pub const PODMAN_TCP: &str = "127.0.0.1:23760";
+/// The swarm worker's Engine API (scripts/swarm.sh), for the `swarm` engine's image loads.
+pub const SWARM_WORKER: &str = "tcp://169.254.231.2:2375";
 
 /// One engine as the behaviour suite tests it: the engine name contexts use, the runtime
 /// it drives (checked directly by the tests), and for WASM engines the file to install
@@ -96,6 +98,13 @@ pub fn engine_under_test(id: &str) -> EngineUnderTest {
             runtime_sock: PODMAN_SOCK,
             wasm_file: Some("docker-api.wasm"),
             config: docker_api(PODMAN_TCP),
+        },
+        // Swarm services over the two-node swarm of scripts/swarm.sh.
+        "swarm" => EngineUnderTest {
+            engine: "swarm",
+            runtime_sock: DOCKER_SOCK,
+            wasm_file: None,
+            config: json!({"host": DOCKER_SOCK, "nodes": [DOCKER_SOCK, SWARM_WORKER]}),
         },
         // The engine in a second language (engines-wasm/python-docker).
         "python_docker" => EngineUnderTest {

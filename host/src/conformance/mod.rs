@@ -90,10 +90,15 @@ pub struct Subject {
 impl Subject {
     /// A native engine (`docker` or `podman`) with `config`, its `engine-config` entry.
     pub fn native(name: &str, config: &str) -> Result<Subject, String> {
+        if name == "swarm" {
+            // Applies env, labels, mounts and the entrypoint; refuses other options.
+            let engine = crate::engines::swarm::SwarmEngine::new(name, &settings(config)?)?;
+            return Ok(Subject { engine: Arc::new(engine), wasm: None, features: vec![feature::MOUNTS.to_string()] });
+        }
         let flavor = match name {
             "docker" => Flavor::Docker,
             "podman" => Flavor::Podman,
-            other => return Err(format!("no native engine '{other}' (native engines: docker, podman)")),
+            other => return Err(format!("no native engine '{other}' (native engines: docker, podman, swarm)")),
         };
         let settings = settings(config)?;
         let timeout = crate::params::request_timeout(name, &settings).map_err(|e| e.to_string())?;

@@ -49,6 +49,11 @@ pub fn create_body(spec: &AgentSpec, image: &str) -> ContainerCreateBody {
     }
 }
 
+/// `spec`'s mounts in the Engine API's terms (containers and swarm services alike).
+pub fn mounts(spec: &AgentSpec) -> Vec<ApiMount> {
+    spec.options.mounts.iter().map(mount).collect()
+}
+
 fn mount(m: &Mount) -> ApiMount {
     ApiMount {
         target: Some(m.target.clone()),

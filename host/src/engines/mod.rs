@@ -2,3 +2,4 @@
 pub mod container_spec;
 pub mod containers;
 pub mod runtime_api;
+pub mod swarm;

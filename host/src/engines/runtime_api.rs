@@ -68,6 +68,16 @@ impl RuntimeApiEngine {
         }
     }
 
+    /// Where the runtime is, as configured.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The negotiated client (for engines built on this one, as `swarm` is).
+    pub async fn docker(&self) -> Result<&Docker, EngineError> {
+        self.client().await
+    }
+
     async fn client(&self) -> Result<&Docker, EngineError> {
         self.client
             .get_or_try_init(|| async {
@@ -91,7 +101,7 @@ impl RuntimeApiEngine {
     }
 
     /// Sorts a bollard error into what the caller can act on.
-    fn error(&self, e: BollardError) -> EngineError {
+    pub fn error(&self, e: BollardError) -> EngineError {
         match e {
             BollardError::DockerResponseServerError { status_code, message } if (400..500).contains(&status_code) => {
                 EngineError::Rejected { engine: self.name.clone(), cause: format!("{message} (HTTP {status_code})") }
