@@ -138,6 +138,25 @@ impl SwarmEngine {
             .collect())
     }
 
+    /// The service called `name`, if there is one.
+    async fn service_named(&self, name: &str) -> Result<Option<AgentInfo>, EngineError> {
+        let docker = self.docker().await?;
+        let service = match docker.inspect_service(name, None).await {
+            Ok(service) => service,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(self.manager.error(e)),
+        };
+        let id = service.id.unwrap_or_default();
+        let spec = service.spec.unwrap_or_default();
+        let running = self.running_services().await?.contains(&id);
+        Ok(Some(AgentInfo {
+            name: spec.name.unwrap_or_default(),
+            id,
+            running,
+            labels: spec.labels.unwrap_or_default().into_iter().collect(),
+        }))
+    }
+
     /// The ids of services with a task running now.
     async fn running_services(&self) -> Result<Vec<String>, EngineError> {
         let docker = self.docker().await?;
@@ -276,8 +295,8 @@ impl SwarmEngine {
 
 /// The node label of an image: `drp.image.<the first 12 hex digits of its id>`.
 fn image_label(image_id: &str) -> String {
-    let hex = image_id.trim_start_matches("sha256:");
-    format!("drp.image.{}", &hex[..hex.len().min(12)])
+    let hex: String = image_id.trim_start_matches("sha256:").chars().take(12).collect();
+    format!("drp.image.{hex}")
 }
 
 /// The option keys of `spec` this engine does not apply yet: every option family but
@@ -405,7 +424,7 @@ impl Engine for SwarmEngine {
         };
         self.label_nodes(&image_label(&image_id), &holders).await?;
         let wanted = self.service_spec(spec, &image_id)?;
-        let existing = self.services(&[]).await?.into_iter().find(|a| a.name == spec.name);
+        let existing = self.service_named(&spec.name).await?;
         if let Some(existing) = existing {
             let ours = spec.labels().get(labels::PLUGIN).map(String::as_str);
             if existing.label(labels::PLUGIN) != ours {
