@@ -108,3 +108,41 @@ async fn agents_spread_over_both_nodes_and_a_new_plugin_keeps_them() {
     })
     .await
 }
+
+fn kit(config: serde_json::Value, only: &str) -> anyhow::Result<(bool, String)> {
+    let output = Command::new(plugin_bin())
+        .args(["engines", "test", "--native", "swarm", "--config", &config.to_string(), "--only", only, "--large-mb", "0"])
+        .output()?;
+    Ok((output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned()))
+}
+
+/// A manager that is no manager, a node that does not answer, settings of the wrong
+/// shape: each an error naming it, and the other engines serve on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_swarm_input_is_refused_by_name() {
+    run_scenario("docker", "bad_swarm_input_is_refused_by_name", async |w| {
+        manager().await?;
+        // Podman's API is no swarm manager.
+        let (ok, out) = kit(json!({"host": ce_tests::world::PODMAN_SOCK}), "describe")?;
+        ensure!(!ok && out.lines().any(|l| l.starts_with("FAIL") && l.contains("is not a swarm manager")), "podman as manager:\n{out}");
+        // A node nobody answers on (a closed loopback port): the load fails naming it.
+        let (ok, out) = kit(json!({"host": DOCKER_SOCK, "nodes": [DOCKER_SOCK, "tcp://127.0.0.1:9"]}), "images")?;
+        let load = out.lines().find(|l| l.contains("image-load of an archive")).unwrap_or_default().to_string();
+        ensure!(!ok && load.starts_with("FAIL") && load.contains("127.0.0.1:9"), "a dead node:\n{out}");
+        // Settings of the wrong shape are refused with the config, by name.
+        for (settings, says) in [(json!({"nodes": []}), "`nodes`"), (json!({"nodes": [7]}), "strings"), (json!({"host": 1}), "`host`")] {
+            let mut params = w.params();
+            params["context-engines/engine-config"]["swarm"] = settings.clone();
+            let (code, body) = w.plugin().config(params).await?;
+            ensure!(
+                code == 400 && body.to_string().contains("engine 'swarm'") && body.to_string().contains(says),
+                "{settings}: {code} {body}"
+            );
+        }
+        // The old config stands: docker serves.
+        let (code, _) = w.action("imageExists", json!({"context/image-name": "ce-none/x:1"})).await?;
+        ensure!(code == 200, "docker after the refused configs: {code}");
+        Ok(())
+    })
+    .await
+}
