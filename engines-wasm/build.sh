@@ -38,5 +38,8 @@ for engine in "${engines[@]}"; do
     fi
     cp "$built" "$out/$engine.wasm"
 done
-bash "$here/python-docker/build.sh"
+# `--rust-only` (the quick-start demo): the engines the host embeds, without PyPI.
+if [ "${1:-}" != "--rust-only" ]; then
+    bash "$here/python-docker/build.sh"
+fi
 ls -l "$out"

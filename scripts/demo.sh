@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/runtimes.sh
 bash scripts/fixtures.sh
-bash engines-wasm/build.sh
+bash engines-wasm/build.sh --rust-only
 cargo build --release --locked -p context-engines -p ce-tests --bin context-engines --bin ce-demo
 exec target/release/ce-demo
