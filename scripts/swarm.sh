@@ -6,6 +6,10 @@
 #   scripts/swarm.sh status  say what is up; exit 0 only when the whole swarm is
 #   scripts/swarm.sh check   run one swarm service on each node that calls back to the
 #                            host (the end-to-end proof; `up` does not run it)
+#   scripts/swarm.sh worker-kill   the worker node dies: SIGKILL to its dockerd and to
+#                            everything running in its namespace (containers too)
+#   scripts/swarm.sh worker-start  the worker comes back (same data root, so the same
+#                            swarm node) and is Ready again
 #
 # Layout:
 #   manager  the machine's dockerd (/var/run/docker.sock, the one scripts/runtimes.sh
@@ -333,6 +337,34 @@ print_nodes() {
 }
 
 # ------------------------------------------------------------------------ subcommands
+# A node failure as the swarm sees one: no SIGTERM, so nothing leaves or stops cleanly.
+cmd_worker_kill() {
+  local pid p i
+  [ "$(id -u)" = 0 ] || die "must run as root"
+  pid=$(worker_pid) || die "no worker dockerd runs (scripts/swarm.sh up)"
+  p=$(ip netns pids "$NS" 2>/dev/null | tr '\n' ' ')
+  log "worker: SIGKILL to dockerd (pid $pid) and to all in $NS: $p"
+  # shellcheck disable=SC2086
+  kill -KILL "$pid" $p 2>/dev/null || true
+  for i in $(seq 1 40); do
+    p=$(ip netns pids "$NS" 2>/dev/null | tr '\n' ' ')
+    [ -z "$p" ] && ! kill -0 "$pid" 2>/dev/null && break
+    # shellcheck disable=SC2086
+    [ -n "$p" ] && kill -KILL $p 2>/dev/null
+    sleep 0.25
+  done
+  [ -z "$(ip netns pids "$NS" 2>/dev/null)" ] || die "processes survive SIGKILL in $NS: $(ip netns pids "$NS" | tr '\n' ' ')"
+  rm -f "$WORKER_SOCK" "$PIDFILE"
+  log "worker: dead"
+}
+
+cmd_worker_start() {
+  preflight
+  worker_up
+  wait_nodes_ready
+  log "worker: back and Ready"
+}
+
 cmd_up() {
   local t0=$SECONDS
   preflight
@@ -502,5 +534,7 @@ case ${1:-} in
   down) cmd_down ;;
   status) cmd_status ;;
   check) cmd_check ;;
-  *) echo "usage: $0 up|down|status|check" >&2; exit 2 ;;
+  worker-kill) cmd_worker_kill ;;
+  worker-start) cmd_worker_start ;;
+  *) echo "usage: $0 up|down|status|check|worker-kill|worker-start" >&2; exit 2 ;;
 esac

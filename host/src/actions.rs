@@ -78,10 +78,22 @@ async fn image_upload(plugin: &Plugin, params: &Map<String, Value>) -> Result<Va
     Ok(Value::Bool(true))
 }
 
+/// `true`/`false` (SPEC); with `context/detail` true, an object that also says which
+/// image id it is and, for an engine of several nodes, which node holds it.
 async fn image_exists(plugin: &Plugin, params: &Map<String, Value>) -> Result<Value, ApiError> {
     let image = image_param(params)?;
     let engine = engine(plugin, params, None)?;
-    Ok(Value::Bool(engine.image_id(&image).await?.is_some()))
+    let id = engine.image_id(&image).await?;
+    if !params::flag(params, params::DETAIL, false)? {
+        return Ok(Value::Bool(id.is_some()));
+    }
+    let mut detail = json!({"exists": id.is_some(), "id": id, "engine": engine.name()});
+    if let Some(Value::Object(more)) = engine.image_detail(&image).await?
+        && let Some(map) = detail.as_object_mut()
+    {
+        map.extend(more);
+    }
+    Ok(detail)
 }
 
 async fn image_remove(plugin: &Plugin, params: &Map<String, Value>) -> Result<Value, ApiError> {

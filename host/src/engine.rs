@@ -162,4 +162,9 @@ pub trait Engine: Send + Sync {
     async fn agent_events(&self, _labels: &[(&str, &str)]) -> Result<Option<AgentEvents>, EngineError> {
         Ok(None)
     }
+    /// Where the image is, for engines spread over several stores (swarm: per node);
+    /// `None` for an engine with one store, where `image_id` says it all.
+    async fn image_detail(&self, _image: &str) -> Result<Option<serde_json::Value>, EngineError> {
+        Ok(None)
+    }
 }

@@ -27,7 +27,12 @@ const ENGINE_ONLY: &[&str] = &[params::ENGINE];
 
 const ACTIONS: &[Action] = &[
     Action { command: "imageUpload", model: "", required_params: &[params::IMAGE_NAME, params::IMAGE_PATH], optional_params: ENGINE_ONLY },
-    Action { command: "imageExists", model: "", required_params: &[params::IMAGE_NAME], optional_params: ENGINE_ONLY },
+    Action {
+        command: "imageExists",
+        model: "",
+        required_params: &[params::IMAGE_NAME],
+        optional_params: &[params::ENGINE, params::DETAIL],
+    },
     Action { command: "imageRemove", model: "", required_params: &[params::IMAGE_NAME], optional_params: ENGINE_ONLY },
     Action {
         command: "agentStart",

@@ -91,9 +91,11 @@ impl Subject {
     /// A native engine (`docker` or `podman`) with `config`, its `engine-config` entry.
     pub fn native(name: &str, config: &str) -> Result<Subject, String> {
         if name == "swarm" {
-            // Applies env, labels, mounts and the entrypoint; refuses other options.
+            // All of each family but what a swarm service has no setting for (memory-swap,
+            // shm-size, devices, privileged, security-opt: refused by name).
             let engine = crate::engines::swarm::SwarmEngine::new(name, &settings(config)?)?;
-            return Ok(Subject { engine: Arc::new(engine), wasm: None, features: vec![feature::MOUNTS.to_string()] });
+            let features = [feature::MOUNTS, feature::RESOURCES, feature::SECURITY, feature::PROCESS, feature::LOGS, feature::PLACEMENT];
+            return Ok(Subject { engine: Arc::new(engine), wasm: None, features: features.map(str::to_string).to_vec() });
         }
         let flavor = match name {
             "docker" => Flavor::Docker,

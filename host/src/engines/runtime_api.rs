@@ -354,6 +354,12 @@ impl Engine for RuntimeApiEngine {
     }
 
     async fn agent_start(&self, spec: &AgentSpec) -> Result<AgentInfo, EngineError> {
+        if !spec.options.placement.is_empty() {
+            return Err(EngineError::Rejected {
+                engine: self.name.clone(),
+                cause: "option placement is for engines that schedule over nodes (swarm); this one runs agents on its one host".to_string(),
+            });
+        }
         self.create_and_start(spec).await
     }
 

@@ -9,13 +9,14 @@
 //! Settings: `host` (the manager's Engine API, as for `docker`), `nodes` (the Engine API
 //! of every node images go to; default: the manager alone), `request-timeout-secs`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::models::{
-    NetworkAttachmentConfig, NodeSpec, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec, TaskSpecContainerSpec,
-    TaskSpecPlacement, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
+    Limit, NetworkAttachmentConfig, NodeSpec, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, Task, TaskSpec,
+    TaskSpecContainerSpec, TaskSpecContainerSpecDnsConfig, TaskSpecPlacement, TaskSpecPlacementPreferences, TaskSpecPlacementSpread,
+    TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bollard::query_parameters::{ListServicesOptionsBuilder, ListTasksOptionsBuilder, UpdateNodeOptionsBuilder};
 use bytes::Bytes;
@@ -70,44 +71,54 @@ impl SwarmEngine {
         EngineError::Rejected { engine: self.name.clone(), cause }
     }
 
-    /// The image's id and the swarm node ids of the nodes that hold it (none when no
-    /// node does). A node that does not answer counts as not holding it.
-    async fn holders(&self, image: &str) -> Result<Option<(String, Vec<String>)>, EngineError> {
+    /// The image's id and, per node of `nodes` that answers, its swarm node id and
+    /// whether it holds the image (`None`: no node holds it). A node that does not
+    /// answer is left out: it neither holds the image nor is known to lack it.
+    async fn holders(&self, image: &str) -> Result<Option<(String, Vec<(String, bool)>)>, EngineError> {
         let mut id = None;
-        let mut holders = Vec::new();
+        let mut nodes = Vec::new();
         let mut last_error = None;
         for node in &self.nodes {
-            match node.image_id(image).await {
-                Ok(Some(found)) => {
-                    let node_id = node.docker().await?.info().await.map_err(|e| node.error(e))?.swarm.and_then(|s| s.node_id);
-                    match node_id.filter(|n| !n.is_empty()) {
-                        Some(node_id) => holders.push(node_id),
-                        None => return Err(self.rejected(format!("{} is not a node of a swarm", node.host()))),
-                    }
-                    id.get_or_insert(found);
+            let found = match node.image_id(image).await {
+                Ok(found) => found,
+                Err(e) => {
+                    last_error = Some(e);
+                    continue;
                 }
-                Ok(None) => {}
-                Err(e) => last_error = Some(e),
+            };
+            let info = node.docker().await?.info().await.map_err(|e| node.error(e))?;
+            match info.swarm.and_then(|s| s.node_id).filter(|n| !n.is_empty()) {
+                Some(node_id) => nodes.push((node_id, found.is_some())),
+                None => return Err(self.rejected(format!("{} is not a node of a swarm", node.host()))),
+            }
+            if let Some(found) = found {
+                id.get_or_insert(found);
             }
         }
         match (id, last_error) {
-            (Some(id), _) => Ok(Some((id, holders))),
-            (None, Some(e)) if holders.is_empty() => Err(e),
+            (Some(id), _) => Ok(Some((id, nodes))),
+            (None, Some(e)) if nodes.is_empty() => Err(e),
             (None, _) => Ok(None),
         }
     }
 
-    /// Puts `label` on every node of `holders` that lacks it.
-    async fn label_nodes(&self, label: &str, holders: &[String]) -> Result<(), EngineError> {
+    /// Makes `label` say where the image is: on every node that holds it, off every
+    /// node known to lack it (its image removed by hand), so swarm never places an
+    /// agent on a node without its image.
+    async fn label_nodes(&self, label: &str, nodes: &[(String, bool)]) -> Result<(), EngineError> {
         let docker = self.docker().await?;
-        for node_id in holders {
+        for (node_id, holds) in nodes {
             let node = docker.inspect_node(node_id).await.map_err(|e| self.manager.error(e))?;
             let mut spec: NodeSpec = node.spec.unwrap_or_default();
             let labels = spec.labels.get_or_insert_with(HashMap::new);
-            if labels.get(label).map(String::as_str) == Some("1") {
+            if labels.contains_key(label) == *holds {
                 continue;
             }
-            labels.insert(label.to_string(), "1".to_string());
+            if *holds {
+                labels.insert(label.to_string(), "1".to_string());
+            } else {
+                labels.remove(label);
+            }
             let version = node.version.and_then(|v| v.index).unwrap_or_default();
             let options = UpdateNodeOptionsBuilder::new().version(version as i64).build();
             docker.update_node(node_id, spec, options).await.map_err(|e| self.manager.error(e))?;
@@ -157,17 +168,18 @@ impl SwarmEngine {
         }))
     }
 
-    /// The ids of services with a task running now.
-    async fn running_services(&self) -> Result<Vec<String>, EngineError> {
+    /// The ids of services whose agent swarm keeps (see [`alive`]).
+    async fn running_services(&self) -> Result<HashSet<String>, EngineError> {
         let docker = self.docker().await?;
-        let filters = HashMap::from([("desired-state", vec!["running".to_string()])]);
-        let tasks = docker.list_tasks(Some(ListTasksOptionsBuilder::new().filters(&filters).build())).await;
+        let tasks = docker.list_tasks(None::<bollard::query_parameters::ListTasksOptions>).await;
         let tasks = tasks.map_err(|e| self.manager.error(e))?;
-        Ok(tasks
-            .into_iter()
-            .filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING))
-            .filter_map(|t| t.service_id)
-            .collect())
+        let mut by_service: HashMap<String, Vec<Task>> = HashMap::new();
+        for task in tasks {
+            if let Some(service) = task.service_id.clone() {
+                by_service.entry(service).or_default().push(task);
+            }
+        }
+        Ok(by_service.into_iter().filter(|(_, tasks)| alive(tasks)).map(|(service, _)| service).collect())
     }
 
     /// Removes the service `name` and waits until its tasks are gone, so a stopped
@@ -250,24 +262,53 @@ impl SwarmEngine {
         Ok(true)
     }
 
-    /// The service for `spec`, running the image `image_id`, placed where the image is.
+    /// The service for `spec`, running the image `image_id`, placed where the image is
+    /// and where the `placement` option says.
     fn service_spec(&self, spec: &AgentSpec, image_id: &str) -> Result<ServiceSpec, EngineError> {
         let rest = unsupported(spec);
         if !rest.is_empty() {
-            return Err(self.rejected(format!("the swarm engine cannot apply the agent options {}", rest.join(", "))));
+            return Err(self.rejected(format!(
+                "a swarm service cannot apply the agent options {} (swarm has no such setting for a service's container)",
+                rest.join(", ")
+            )));
         }
+        let o = &spec.options;
+        let list = |items: &Vec<String>| (!items.is_empty()).then(|| items.clone());
         let labels: HashMap<String, String> = spec.labels().clone().into_iter().collect();
-        let env: Vec<String> = spec.options.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let mounts = super::container_spec::mounts(spec);
+        let env: Vec<String> = o.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let container = TaskSpecContainerSpec {
             image: Some(image_id.to_string()),
             labels: Some(labels.clone()),
             command: spec.entrypoint.clone(),
             args: spec.entrypoint.as_ref().map(|_| Vec::new()),
             env: Some(env),
-            mounts: Some(mounts),
+            mounts: Some(super::container_spec::mounts(spec)),
+            user: o.user.clone(),
+            dir: o.workdir.clone(),
+            init: o.init,
+            read_only: o.read_only_rootfs,
+            capability_add: list(&o.cap_add),
+            capability_drop: list(&o.cap_drop),
+            hosts: (!o.extra_hosts.is_empty()).then(|| o.extra_hosts.iter().map(|h| hosts_entry(h)).collect()),
+            dns_config: (!o.dns.is_empty())
+                .then(|| TaskSpecContainerSpecDnsConfig { nameservers: Some(o.dns.clone()), ..Default::default() }),
+            // As a native agent: the runtime's default grace unless the options set one.
+            stop_grace_period: Some(i64::from(o.stop_timeout_secs.unwrap_or(10)) * 1_000_000_000),
             ..Default::default()
         };
+        let limits = Limit {
+            nano_cpus: o.cpus.map(|c| (c * 1e9).round() as i64),
+            memory_bytes: o.memory.map(|m| m.signed()),
+            pids: o.pids_limit.filter(|p| *p > 0),
+        };
+        let mut constraints = vec![format!("node.labels.{}==1", image_label(image_id))];
+        constraints.extend(o.placement.constraints.iter().cloned());
+        let preferences = o
+            .placement
+            .spread
+            .iter()
+            .map(|s| TaskSpecPlacementPreferences { spread: Some(TaskSpecPlacementSpread { spread_descriptor: Some(s.clone()) }) })
+            .collect::<Vec<_>>();
         let networks =
             (!spec.network.is_empty()).then(|| vec![NetworkAttachmentConfig { target: Some(spec.network.clone()), ..Default::default() }]);
         Ok(ServiceSpec {
@@ -275,13 +316,15 @@ impl SwarmEngine {
             labels: Some(labels),
             task_template: Some(TaskSpec {
                 container_spec: Some(container),
+                resources: (limits != Limit::default()).then(|| TaskSpecResources { limits: Some(limits), ..Default::default() }),
                 restart_policy: Some(TaskSpecRestartPolicy {
                     condition: Some(TaskSpecRestartPolicyConditionEnum::ANY),
                     delay: Some(RESTART_DELAY_NS),
                     ..Default::default()
                 }),
                 placement: Some(TaskSpecPlacement {
-                    constraints: Some(vec![format!("node.labels.{}==1", image_label(image_id))]),
+                    constraints: Some(constraints),
+                    preferences: (!preferences.is_empty()).then_some(preferences),
                     ..Default::default()
                 }),
                 networks,
@@ -293,20 +336,65 @@ impl SwarmEngine {
     }
 }
 
+/// `name:ip` (`docker run --add-host`) as swarm's `/etc/hosts` line, `ip name`; an
+/// IPv6 address keeps its colons, since the name is split off at the first one.
+fn hosts_entry(entry: &str) -> String {
+    match entry.split_once(':') {
+        Some((name, ip)) => format!("{ip} {name}"),
+        None => entry.to_string(),
+    }
+}
+
+/// Whether swarm keeps a service's agent: a task of it runs, or swarm is about to run
+/// one in place of a task that did not end by itself (the first task, or one on a node
+/// that went away). An agent whose process exited or failed is dead, as on every engine,
+/// and the host replaces it; an agent being moved off a lost node is not, and replacing
+/// it would only race swarm.
+fn alive(tasks: &[Task]) -> bool {
+    let state = |t: &Task| t.status.as_ref().and_then(|s| s.state);
+    if tasks.iter().any(|t| state(t) == Some(TaskState::RUNNING) && t.desired_state == Some(TaskState::RUNNING)) {
+        return true;
+    }
+    let created = |t: &Task| t.created_at.as_deref().and_then(|c| humantime::parse_rfc3339_weak(c).ok());
+    let mut newest: Vec<&Task> = tasks.iter().collect();
+    newest.sort_by_key(|t| std::cmp::Reverse(created(t)));
+    let Some(next) = newest.first() else { return false };
+    let coming = matches!(next.desired_state, Some(TaskState::RUNNING | TaskState::READY))
+        && matches!(
+            state(next),
+            Some(
+                TaskState::NEW
+                    | TaskState::ALLOCATED
+                    | TaskState::PENDING
+                    | TaskState::ASSIGNED
+                    | TaskState::ACCEPTED
+                    | TaskState::PREPARING
+                    | TaskState::READY
+                    | TaskState::STARTING
+            )
+        );
+    coming
+        && !newest.get(1).is_some_and(|before| matches!(state(before), Some(TaskState::COMPLETE | TaskState::FAILED | TaskState::REJECTED)))
+}
+
 /// The node label of an image: `drp.image.<the first 12 hex digits of its id>`.
 fn image_label(image_id: &str) -> String {
     let hex: String = image_id.trim_start_matches("sha256:").chars().take(12).collect();
     format!("drp.image.{hex}")
 }
 
-/// The option keys of `spec` this engine does not apply yet: every option family but
-/// env, labels and mounts.
+/// The option keys of `spec` a swarm service has no setting for (API 1.41): swap, shm
+/// size, devices, privileged and security-opt are a plain container's only.
 fn unsupported(spec: &AgentSpec) -> Vec<String> {
-    let mut rest = spec.options.clone();
-    rest.env.clear();
-    rest.labels.clear();
-    rest.mounts.clear();
-    rest.keys()
+    let o = &spec.options;
+    let asked = [
+        ("memory-swap", o.memory_swap.is_some()),
+        ("shm-size", o.shm_size.is_some()),
+        ("devices", !o.devices.is_empty()),
+        ("privileged", o.privileged == Some(true)),
+        ("security-opt", !o.security_opt.is_empty()),
+    ];
+    asked.into_iter().filter(|(_, set)| *set).map(|(key, _)| key.to_string()).collect()
 }
 
 fn is_not_found(e: &bollard::errors::Error) -> bool {
@@ -390,8 +478,8 @@ impl Engine for SwarmEngine {
                 },
             });
         }
-        if let Some((id, holders)) = self.holders(image).await? {
-            self.label_nodes(&image_label(&id), &holders).await?;
+        if let Some((id, nodes)) = self.holders(image).await? {
+            self.label_nodes(&image_label(&id), &nodes).await?;
         }
         Ok(())
     }
@@ -419,10 +507,10 @@ impl Engine for SwarmEngine {
 
     async fn agent_start(&self, spec: &AgentSpec) -> Result<AgentInfo, EngineError> {
         // The image first: a start that cannot happen leaves the running agent alone.
-        let Some((image_id, holders)) = self.holders(&spec.image).await? else {
+        let Some((image_id, nodes)) = self.holders(&spec.image).await? else {
             return Err(EngineError::ImageMissing { engine: self.name.clone(), image: format!("{} (on no node)", spec.image) });
         };
-        self.label_nodes(&image_label(&image_id), &holders).await?;
+        self.label_nodes(&image_label(&image_id), &nodes).await?;
         let wanted = self.service_spec(spec, &image_id)?;
         let existing = self.service_named(&spec.name).await?;
         if let Some(existing) = existing {
@@ -449,6 +537,37 @@ impl Engine for SwarmEngine {
     async fn agent_list(&self, labels: &[(&str, &str)]) -> Result<Vec<AgentInfo>, EngineError> {
         self.services(labels).await
     }
+
+    /// The logs of the service's container, from the node it runs on (the running one
+    /// when swarm has started several over time); every node that can run an agent is
+    /// one of `nodes`, since agents only go where their image was loaded.
+    async fn agent_logs(&self, name: &str, lines: u32) -> Result<Vec<String>, EngineError> {
+        let mut newest = None;
+        for node in &self.nodes {
+            let Ok(found) = node.agent_list(&[("com.docker.swarm.service.name", name)]).await else { continue };
+            for container in found {
+                if container.running || newest.is_none() {
+                    newest = Some((node, container.id));
+                }
+            }
+        }
+        match newest {
+            Some((node, id)) => node.agent_logs(&id, lines).await,
+            None => Err(self.rejected(format!("no agent named {name} on any node"))),
+        }
+    }
+
+    async fn image_detail(&self, image: &str) -> Result<Option<Value>, EngineError> {
+        let mut nodes = Vec::new();
+        for node in &self.nodes {
+            let entry = match node.image_id(image).await {
+                Ok(id) => serde_json::json!({"node": node.host(), "has": id.is_some(), "id": id}),
+                Err(e) => serde_json::json!({"node": node.host(), "has": false, "error": e.to_string()}),
+            };
+            nodes.push(entry);
+        }
+        Ok(Some(serde_json::json!({"nodes": nodes})))
+    }
 }
 
 /// `rx` as a stream.
@@ -464,6 +583,35 @@ mod tests {
     fn an_image_label_is_its_id_shortened() {
         assert_eq!(image_label("sha256:0123456789abcdef0123"), "drp.image.0123456789ab");
         assert_eq!(image_label("abc"), "drp.image.abc");
+    }
+
+    fn task(created: &str, state: TaskState, desired: TaskState) -> Task {
+        Task {
+            created_at: Some(created.to_string()),
+            status: Some(bollard::models::TaskStatus { state: Some(state), ..Default::default() }),
+            desired_state: Some(desired),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn swarm_keeps_an_agent_it_moves_but_not_one_that_exited() {
+        use TaskState::*;
+        let t = |s: &str| format!("2026-12-04T18:00:{s}.123456789Z");
+        assert!(alive(&[task(&t("01"), RUNNING, RUNNING)]));
+        assert!(alive(&[task(&t("01"), PENDING, RUNNING)]), "the first task, not placed yet");
+        // Its node went away: the old task still shows running, desired shutdown.
+        assert!(alive(&[task(&t("01"), RUNNING, SHUTDOWN), task(&t("09"), READY, READY)]));
+        // Its process exited: the restart swarm has planned does not keep it.
+        assert!(!alive(&[task(&t("01"), COMPLETE, SHUTDOWN), task(&t("09"), READY, READY)]));
+        assert!(!alive(&[task(&t("01"), FAILED, SHUTDOWN)]));
+        assert!(!alive(&[]));
+    }
+
+    #[test]
+    fn extra_hosts_become_hosts_lines() {
+        assert_eq!(hosts_entry("drp:127.0.0.1"), "127.0.0.1 drp");
+        assert_eq!(hosts_entry("v6:::1"), "::1 v6");
     }
 
     #[test]

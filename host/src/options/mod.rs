@@ -8,12 +8,14 @@
 
 pub mod gate;
 pub mod layers;
+mod placement;
 mod size;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use placement::Placement;
 pub use size::Size;
 
 /// The words an engine puts in `engine-info.features` to say what it applies.
@@ -28,6 +30,8 @@ pub mod feature {
     pub const PROCESS: &str = "process";
     /// `agent-logs`.
     pub const LOGS: &str = "logs";
+    /// placement (constraints, spread): engines that schedule over nodes.
+    pub const PLACEMENT: &str = "placement";
 }
 
 /// One layer's options, or the merge of all layers. Every key is optional; an unset
@@ -84,6 +88,9 @@ pub struct AgentOptions {
     /// Seconds the runtime waits after SIGTERM before it kills the agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout_secs: Option<u32>,
+    /// Where a scheduling engine may run the agent; engines on one host refuse it.
+    #[serde(default, skip_serializing_if = "Placement::is_empty")]
+    pub placement: Placement,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -226,7 +233,7 @@ impl AgentOptions {
         if let Some(key) = self.labels.keys().find(|k| k.starts_with("drp.")) {
             return Err(OptionError::new(format!("labels.{key}"), "labels drp.* are the plugin's own"));
         }
-        Ok(())
+        self.placement.check().map_err(|(at, why)| OptionError::new(at, why))
     }
 
     /// Lays `upper` over `self`: maps merged key by key (upper wins), lists appended,
@@ -241,6 +248,7 @@ impl AgentOptions {
         self.devices.extend(upper.devices);
         self.extra_hosts.extend(upper.extra_hosts);
         self.dns.extend(upper.dns);
+        self.placement.merge(upper.placement);
         macro_rules! replace {
             ($($field:ident),*) => { $( if upper.$field.is_some() { self.$field = upper.$field; } )* };
         }
@@ -282,6 +290,7 @@ impl AgentOptions {
                 feature::PROCESS,
                 o.workdir.is_some() || o.init.is_some() || o.stop_timeout_secs.is_some() || !o.extra_hosts.is_empty() || !o.dns.is_empty(),
             ),
+            (feature::PLACEMENT, !o.placement.is_empty()),
         ];
         needs.into_iter().filter(|(_, needed)| *needed).map(|(name, _)| name).collect()
     }
