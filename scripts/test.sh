@@ -28,7 +28,8 @@ for c in json.load(sys.stdin):
 done
 # Every end-to-end target in tests/tests, found rather than listed, but faults.rs (fault
 # tests stop and restart dockerd, so they run alone, after everything else) and swarm.rs
-# (it needs the two-node swarm of scripts/swarm.sh, built for it and taken down after).
+# (it needs the two-node swarm of scripts/swarm.sh, built for it and taken down after;
+# so does the behaviour suite's swarm module, skipped here and run with it).
 targets=()
 for file in tests/tests/*.rs; do
   name=$(basename "$file" .rs)
@@ -37,12 +38,13 @@ done
 for alone in faults swarm; do
   [ -f "tests/tests/$alone.rs" ] || { echo "test.sh: tests/tests/$alone.rs is missing" >&2; exit 1; }
 done
-cargo test --release --locked --no-fail-fast --workspace --lib --bins "${targets[@]}" -- --test-threads=4
+cargo test --release --locked --no-fail-fast --workspace --lib --bins "${targets[@]}" -- --test-threads=4 --skip swarm::
 cargo test --release --locked -p ce-tests --test faults -- --test-threads=1
 # Taken down however the run ends, so no later run (nor the machine) is left in swarm mode.
 trap 'bash scripts/swarm.sh down || true' EXIT
 bash scripts/swarm.sh up
-cargo test --release --locked -p ce-tests --test swarm -- --test-threads=2
+cargo test --release --locked --no-fail-fast -p ce-tests --test swarm -- --test-threads=2
+cargo test --release --locked -p ce-tests --test engines -- --test-threads=2 swarm::
 # The WASM engines' own unit tests, natively (the components themselves are tested
 # through the host above).
 (cd engines-wasm && cargo test --locked --workspace --lib)

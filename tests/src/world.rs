@@ -69,6 +69,10 @@ pub const DOCKER_TCP: &str = "127.0.0.1:23750";
 pub const PODMAN_TCP: &str = "127.0.0.1:23760";
 /// The swarm worker's Engine API (scripts/swarm.sh), for the `swarm` engine's image loads.
 pub const SWARM_WORKER: &str = "tcp://169.254.231.2:2375";
+/// The worker's own socket, for looking at its containers (scripts/swarm.sh).
+pub const SWARM_WORKER_SOCK: &str = "unix:///run/ce-swarm-worker.sock";
+/// The host's end of the link to the worker, where agents on either node reach the host.
+pub const SWARM_HOST_IP: &str = "169.254.231.1";
 
 /// One engine as the behaviour suite tests it: the engine name contexts use, the runtime
 /// it drives (checked directly by the tests), and for WASM engines the file to install
@@ -77,27 +81,37 @@ pub const SWARM_WORKER: &str = "tcp://169.254.231.2:2375";
 pub struct EngineUnderTest {
     pub engine: &'static str,
     pub runtime_sock: &'static str,
+    /// More runtimes agents may run on (a swarm's other nodes), looked at like the first.
+    pub more_socks: &'static [&'static str],
+    /// The address agents reach the simulator on, when not 127.0.0.1.
+    pub agent_ip: Option<&'static str>,
     pub wasm_file: Option<&'static str>,
     pub config: Value,
 }
+
+/// What an engine under test on one host does not set.
+const ONE_HOST: EngineUnderTest =
+    EngineUnderTest { engine: "", runtime_sock: "", more_socks: &[], agent_ip: None, wasm_file: None, config: Value::Null };
 
 /// The engines the suite knows, by test id.
 pub fn engine_under_test(id: &str) -> EngineUnderTest {
     let docker_api = |tcp: &str| json!({"base-url": format!("http://{tcp}"), "allowed-hosts": [tcp]});
     match id {
-        "docker" => EngineUnderTest { engine: "docker", runtime_sock: DOCKER_SOCK, wasm_file: None, config: json!({"host": DOCKER_SOCK}) },
-        "podman" => EngineUnderTest { engine: "podman", runtime_sock: PODMAN_SOCK, wasm_file: None, config: json!({"host": PODMAN_SOCK}) },
+        "docker" => EngineUnderTest { engine: "docker", runtime_sock: DOCKER_SOCK, wasm_file: None, config: json!({"host": DOCKER_SOCK}), ..ONE_HOST },
+        "podman" => EngineUnderTest { engine: "podman", runtime_sock: PODMAN_SOCK, wasm_file: None, config: json!({"host": PODMAN_SOCK}), ..ONE_HOST },
         "docker_api" => EngineUnderTest {
             engine: "docker-api",
             runtime_sock: DOCKER_SOCK,
             wasm_file: Some("docker-api.wasm"),
             config: docker_api(DOCKER_TCP),
+            ..ONE_HOST
         },
         "docker_api_on_podman" => EngineUnderTest {
             engine: "docker-api",
             runtime_sock: PODMAN_SOCK,
             wasm_file: Some("docker-api.wasm"),
             config: docker_api(PODMAN_TCP),
+            ..ONE_HOST
         },
         // Swarm services over the two-node swarm of scripts/swarm.sh.
         "swarm" => EngineUnderTest {
@@ -105,6 +119,8 @@ pub fn engine_under_test(id: &str) -> EngineUnderTest {
             runtime_sock: DOCKER_SOCK,
             wasm_file: None,
             config: json!({"host": DOCKER_SOCK, "nodes": [DOCKER_SOCK, SWARM_WORKER]}),
+            more_socks: &[SWARM_WORKER_SOCK],
+            agent_ip: Some(SWARM_HOST_IP),
         },
         // The engine in a second language (engines-wasm/python-docker).
         "python_docker" => EngineUnderTest {
@@ -112,6 +128,7 @@ pub fn engine_under_test(id: &str) -> EngineUnderTest {
             runtime_sock: DOCKER_SOCK,
             wasm_file: Some("python-docker.wasm"),
             config: docker_api(DOCKER_TCP),
+            ..ONE_HOST
         },
         other => panic!("no engine under test called {other}"),
     }
@@ -164,6 +181,8 @@ pub struct World {
     pub fixtures: PathBuf,
     /// Params a test adds to (or puts in place of) `params`' own at every start.
     pub extra_params: serde_json::Map<String, Value>,
+    /// Where agents report to (`context-engines/endpoints`): the simulator's file server.
+    pub agent_endpoint: String,
 }
 
 impl World {
@@ -186,7 +205,12 @@ impl World {
         for file in ["plain.tar", "plain.tar.gz", "baked.tar", "baked.tar.gz"] {
             crate::archive::copy_for_world(&fixtures.join(file), &served.join(file), &plugin_name)?;
         }
+        let agent_endpoint = match under_test.agent_ip {
+            Some(ip) => sim.serve_files_on(ip).await?,
+            None => sim.file_url(),
+        };
         let mut world = World {
+            agent_endpoint,
             sim,
             plugin: None,
             plugin_name,
@@ -206,7 +230,7 @@ impl World {
         let mut params = json!({
             "context-engines/plugin-name": self.plugin_name,
             "context-engines/default-engine": self.engine,
-            "context-engines/endpoints": [self.sim.file_url()],
+            "context-engines/endpoints": [self.agent_endpoint],
             "context-engines/drpcli": self.fixtures.join("drpcli").display().to_string(),
             "context-engines/engine-config": {
                 "docker": {"host": DOCKER_SOCK},
@@ -324,12 +348,49 @@ impl World {
     }
 
     /// Containers that carry this world's plugin label, running or not.
+    /// On every runtime agents may run on (the nodes of a swarm).
     pub async fn agents(&self) -> anyhow::Result<Vec<ContainerSummary>> {
-        list_containers(self.under_test.runtime_sock, &format!("drp.plugin={}", self.plugin_name)).await
+        let label = format!("drp.plugin={}", self.plugin_name);
+        let mut all = list_containers(self.under_test.runtime_sock, &label).await?;
+        for sock in self.under_test.more_socks {
+            all.extend(list_containers(sock, &label).await?);
+        }
+        Ok(all)
     }
 
     pub async fn running_agents(&self) -> anyhow::Result<Vec<ContainerSummary>> {
         Ok(self.agents().await?.into_iter().filter(|c| c.state.as_ref().is_some_and(|s| *s == "running")).collect())
+    }
+
+    /// The container `id` (or name), inspected on whichever runtime holds it.
+    pub async fn inspect_agent(&self, id: &str) -> anyhow::Result<bollard::models::ContainerInspectResponse> {
+        let mut last = None;
+        for sock in std::iter::once(&self.under_test.runtime_sock).chain(self.under_test.more_socks) {
+            match connect_runtime(sock).await?.inspect_container(id, None).await {
+                Ok(found) => return Ok(found),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.map(anyhow::Error::from).unwrap_or_else(|| anyhow::anyhow!("no runtime to look for {id} on")))
+    }
+
+    /// Removes the container `id` by hand (forced), on whichever runtime holds it.
+    pub async fn remove_agent_container(&self, id: &str) -> anyhow::Result<()> {
+        let inspected = self.inspect_agent(id).await?;
+        for sock in std::iter::once(&self.under_test.runtime_sock).chain(self.under_test.more_socks) {
+            let options = RemoveContainerOptionsBuilder::new().force(true).build();
+            if connect_runtime(sock).await?.remove_container(inspected.id.as_deref().unwrap_or(id), Some(options)).await.is_ok() {
+                return Ok(());
+            }
+        }
+        bail!("could not remove container {id} on any runtime")
+    }
+
+    /// The id the plugin gives the agent of `container`: the container's, or for a
+    /// swarm task's container its service's.
+    pub fn agent_id(container: &ContainerSummary) -> Option<String> {
+        let service = container.labels.as_ref().and_then(|l| l.get("com.docker.swarm.service.id")).cloned();
+        service.or_else(|| container.id.clone())
     }
 
     /// Waits until exactly `n` agents of this world exist and all of them run.
@@ -366,12 +427,22 @@ impl World {
         if let Some(mut plugin) = self.plugin.take() {
             plugin.kill();
         }
-        if let Ok(agents) = self.agents().await {
-            for agent in agents {
-                if let Some(id) = agent.id {
-                    let options = RemoveContainerOptionsBuilder::new().force(true).build();
-                    let _ = self.runtime.remove_container(&id, Some(options)).await;
+        let label = format!("drp.plugin={}", self.plugin_name);
+        if !self.under_test.more_socks.is_empty() {
+            // Swarm services first, or swarm would start their containers again.
+            let filters = HashMap::from([("label", vec![label.clone()])]);
+            let options = bollard::query_parameters::ListServicesOptionsBuilder::new().filters(&filters).build();
+            for service in self.runtime.list_services(Some(options)).await.unwrap_or_default() {
+                if let Some(id) = service.id {
+                    let _ = self.runtime.delete_service(&id).await;
                 }
+            }
+        }
+        for sock in std::iter::once(&self.under_test.runtime_sock).chain(self.under_test.more_socks) {
+            let (Ok(runtime), Ok(agents)) = (connect_runtime(sock).await, list_containers(sock, &label).await) else { continue };
+            for id in agents.into_iter().filter_map(|a| a.id) {
+                let options = RemoveContainerOptionsBuilder::new().force(true).build();
+                let _ = runtime.remove_container(&id, Some(options)).await;
             }
         }
     }

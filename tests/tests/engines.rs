@@ -60,6 +60,37 @@ behaviour_suite! {
     ]
 }
 
+// Swarm services over the two-node swarm of scripts/swarm.sh (agents on either node,
+// reporting to the simulator over the link to the worker). All scenarios but the name
+// held by another plugin, which plants a container: a service's name is another
+// namespace (the kit's check plants a service; tests/tests/swarm.rs runs the kit).
+behaviour_suite! {
+    engines: [swarm],
+    scenarios: [
+        agent_follows_the_machine_context,
+        image_actions_load_check_and_remove,
+        bad_image_input_is_refused_and_plugin_keeps_serving,
+        missing_image_is_loaded_from_the_file_server,
+        own_entrypoint_runs_without_drpcli,
+        checksum_accepts_matching_and_rejects_other_archives,
+        restart_adopts_agents_and_removes_orphans,
+        missed_events_are_recovered_after_reconnect,
+        image_change_replaces_agents,
+        start_from_a_missing_image_keeps_the_running_agent,
+        agent_actions_are_idempotent,
+        burst_of_machines_converges,
+        manual_agent_survives_its_machines_events,
+        agent_removed_by_hand_is_replaced,
+        same_image_with_different_checksums_is_loaded_and_checked_apart,
+        agent_options_reach_the_agent,
+        options_layers_merge_and_the_enforced_layer_wins,
+        options_that_give_the_host_are_gated,
+        changed_options_replace_agents_and_bad_ones_are_refused,
+        agent_logs_show_the_agents_output_with_tokens_masked,
+        agents_start_where_dr_provision_serves_no_params,
+    ]
+}
+
 // The Python engine end to end, in a plugin, on scenarios that cover its whole
 // lifecycle; tests/tests/conformance.rs holds it to every engine-level check.
 behaviour_suite! {
@@ -92,7 +123,7 @@ async fn agent_follows_the_machine_context(w: &mut World) -> anyhow::Result<()> 
     let issued: Vec<String> = w.sim.issued_tokens().into_iter().filter(|(m, _)| *m == uuid).map(|(_, t)| t).collect();
     ensure!(issued.contains(&report.token), "agent token {} was not issued for {uuid}", report.token);
     ensure!(report.context == "ctx", "RS_CONTEXT {}", report.context);
-    ensure!(report.endpoints == w.sim.file_url(), "RS_ENDPOINTS {}", report.endpoints);
+    ensure!(report.endpoints == w.agent_endpoint, "RS_ENDPOINTS {}", report.endpoints);
     ensure!(report.args == "machines processjobs", "drpcli args {:?}", report.args);
     ensure!(report.path == "/bin:/usr/bin:/usr/local/bin:/sbin:/usr/sbin:/usr/local/sbin", "PATH {}", report.path);
 
@@ -214,7 +245,7 @@ async fn own_entrypoint_runs_without_drpcli(w: &mut World) -> anyhow::Result<()>
     ensure!(report.args == "machines processjobs", "image entrypoint args {:?}", report.args);
     let agents = w.agents().await?;
     let id = agents[0].id.clone().context("container id")?;
-    let inspected = w.runtime.inspect_container(&id, None).await?;
+    let inspected = w.inspect_agent(&id).await?;
     let mounts = inspected.mounts.unwrap_or_default();
     ensure!(
         !mounts.iter().any(|m| m.destination.as_deref() == Some("/usr/bin/drpcli")),
@@ -414,7 +445,8 @@ async fn manual_agent_survives_its_machines_events(w: &mut World) -> anyhow::Res
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let agents = w.wait_agents(1, SETTLE).await?;
-    ensure!(agents[0].id.as_deref() == started["Id"].as_str(), "the manual agent was replaced: {started} vs {:?}", agents[0].id);
+    let id = World::agent_id(&agents[0]);
+    ensure!(id.as_deref() == started["Id"].as_str(), "the manual agent was replaced: {started} vs {id:?}");
     let (code, again) = w.machine_action(&machine, "agentStart", params.clone()).await?;
     ensure!(code == 200 && again["Id"] == started["Id"], "a second agentStart made another agent: {started} vs {again}");
     let (code, status) = w.action("agentStatus", json!({})).await?;
@@ -503,7 +535,12 @@ async fn agent_removed_by_hand_is_replaced(w: &mut World) -> anyhow::Result<()> 
         let (code, body) = w.plugin().config(params).await?;
         ensure!(code == 200, "config: {code} {body}");
     }
-    let limit = if native { Duration::from_secs(5) } else { Duration::from_secs(3 + 10) };
+    // Swarm restarts a service's container itself, after its restart delay (5 s).
+    let limit = match (native, w.engine.as_str()) {
+        (true, "swarm") => Duration::from_secs(5 + 10),
+        (true, _) => Duration::from_secs(5),
+        (false, _) => Duration::from_secs(3 + 10),
+    };
     let image = w.image();
     w.upload("plain.tar", &image).await?;
     w.sim.put_context(w.context("ctx", &image));
@@ -511,8 +548,7 @@ async fn agent_removed_by_hand_is_replaced(w: &mut World) -> anyhow::Result<()> 
     w.sim.put_machine(World::machine(&uuid, "ctx"));
     let mut id = w.wait_agents(1, SETTLE).await?[0].id.clone().context("agent id")?;
     for round in 1..=2 {
-        let options = bollard::query_parameters::RemoveContainerOptionsBuilder::new().force(true).build();
-        w.runtime.remove_container(&id, Some(options)).await?;
+        w.remove_agent_container(&id).await?;
         let removed = tokio::time::Instant::now();
         let agents = w.wait_agents(1, limit).await.with_context(|| format!("removal #{round}"))?;
         let replacement = agents[0].id.clone().context("agent id")?;

@@ -226,6 +226,16 @@ impl Sim {
         self.inner.webroot.clone()
     }
 
+    /// The file server (agent reports included) on `ip` too, on an ephemeral port; its
+    /// URL. For agents that cannot reach this host's 127.0.0.1: those on another swarm
+    /// node (scripts/swarm.sh gives the host 169.254.231.1 on the link to it).
+    pub async fn serve_files_on(&self, ip: &str) -> anyhow::Result<String> {
+        let listener = TcpListener::bind((ip, 0)).await.with_context(|| format!("binding the sim file server on {ip}"))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(accept_files(listener, None, self.inner.clone(), self.guard.cancel.clone()));
+        Ok(url)
+    }
+
     pub fn token(&self) -> String {
         self.inner.token.clone()
     }

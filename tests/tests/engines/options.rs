@@ -38,7 +38,7 @@ async fn inspect_agent(w: &World, uuid: &str) -> anyhow::Result<ContainerInspect
     let agents = w.wait_agents(1, SETTLE).await?;
     let id = agents[0].id.clone().context("agent without id")?;
     let _ = uuid;
-    w.runtime.inspect_container(&id, None).await.context("inspecting the agent")
+    w.inspect_agent(&id).await.context("inspecting the agent")
 }
 
 fn env_of(inspected: &ContainerInspectResponse) -> Vec<String> {
@@ -187,7 +187,7 @@ pub async fn options_that_give_the_host_are_gated(w: &mut World) -> anyhow::Resu
     configure(w, json!({"context-engines/agent-options-allowed": ["cap-add", "/etc"]})).await?;
     let agents = w.wait_agents(2, SETTLE).await?;
     for agent in agents {
-        let inspected = w.runtime.inspect_container(agent.id.as_deref().unwrap_or_default(), None).await?;
+        let inspected = w.inspect_agent(agent.id.as_deref().unwrap_or_default()).await?;
         let host = inspected.host_config.unwrap_or_default();
         let mounts = inspected.mounts.unwrap_or_default();
         let has_cap = host.cap_add.unwrap_or_default().iter().any(|c| c.contains("NET_ADMIN"));
@@ -236,7 +236,7 @@ pub async fn changed_options_replace_agents_and_bad_ones_are_refused(w: &mut Wor
         ensure!(tokio::time::Instant::now() < deadline, "the agent was not replaced after its Context's options changed");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let inspected = w.runtime.inspect_container(&replaced, None).await?;
+    let inspected = w.inspect_agent(&replaced).await?;
     ensure!(inspected.host_config.and_then(|h| h.memory) == Some(96 << 20), "the replacement has the new memory");
 
     // Bad input in each outside layer: named, and nothing else disturbed.
