@@ -97,8 +97,20 @@ const ONE_HOST: EngineUnderTest =
 pub fn engine_under_test(id: &str) -> EngineUnderTest {
     let docker_api = |tcp: &str| json!({"base-url": format!("http://{tcp}"), "allowed-hosts": [tcp]});
     match id {
-        "docker" => EngineUnderTest { engine: "docker", runtime_sock: DOCKER_SOCK, wasm_file: None, config: json!({"host": DOCKER_SOCK}), ..ONE_HOST },
-        "podman" => EngineUnderTest { engine: "podman", runtime_sock: PODMAN_SOCK, wasm_file: None, config: json!({"host": PODMAN_SOCK}), ..ONE_HOST },
+        "docker" => EngineUnderTest {
+            engine: "docker",
+            runtime_sock: DOCKER_SOCK,
+            wasm_file: None,
+            config: json!({"host": DOCKER_SOCK}),
+            ..ONE_HOST
+        },
+        "podman" => EngineUnderTest {
+            engine: "podman",
+            runtime_sock: PODMAN_SOCK,
+            wasm_file: None,
+            config: json!({"host": PODMAN_SOCK}),
+            ..ONE_HOST
+        },
         "docker_api" => EngineUnderTest {
             engine: "docker-api",
             runtime_sock: DOCKER_SOCK,

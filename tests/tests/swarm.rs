@@ -1,10 +1,11 @@
 //! The `swarm` engine on a real two-node swarm (scripts/swarm.sh: the test dockerd as
 //! manager, a second dockerd in its own network namespace as worker): the conformance
-//! kit, and agents of a burst spread over both nodes, kept as they are by a new plugin
-//! process (the services live in the cluster, not in the plugin), gone when their
-//! machines leave.
+//! kit; 40 agents spread over both nodes, each calling back; a plugin SIGKILLed and a
+//! new one adopting every service with the same tasks; images on every node and agents
+//! only where their image is; a node dying with agents on it; bad input. (The
+//! behaviour suite's `swarm` module in tests/tests/engines.rs runs on the same swarm.)
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use bollard::models::TaskState;
 use bollard::query_parameters::{ListServicesOptionsBuilder, ListTasksOptionsBuilder};
 use ce_tests::plugin::plugin_bin;
 use ce_tests::world::{DOCKER_SOCK, SWARM_WORKER, World, run_scenario, unique};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const SETTLE: Duration = Duration::from_secs(180);
 
@@ -29,33 +30,64 @@ async fn manager() -> anyhow::Result<Docker> {
     Ok(docker)
 }
 
-/// Service id → node id of its running task, for the services of `plugin`.
-async fn running_services(docker: &Docker, plugin: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    let filters = HashMap::from([("label", vec![format!("drp.plugin={plugin}")])]);
-    let services = docker.list_services(Some(ListServicesOptionsBuilder::new().filters(&filters).build())).await?;
-    let ids: HashSet<String> = services.into_iter().filter_map(|s| s.id).collect();
-    let filters = HashMap::from([("desired-state", vec!["running".to_string()])]);
-    let tasks = docker.list_tasks(Some(ListTasksOptionsBuilder::new().filters(&filters).build())).await?;
-    Ok(tasks
-        .into_iter()
-        .filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING))
-        .filter_map(|t| Some((t.service_id?, t.node_id?)))
-        .filter(|(service, _)| ids.contains(service))
-        .collect())
+/// One running task of a service: its id and its node's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Running {
+    task: String,
+    node: String,
 }
 
-async fn wait_services(docker: &Docker, plugin: &str, n: usize) -> anyhow::Result<BTreeMap<String, String>> {
+/// Service id → its running tasks (desired and actual state running), for every
+/// service of `plugin`, running or not.
+async fn service_tasks(docker: &Docker, plugin: &str) -> anyhow::Result<BTreeMap<String, Vec<Running>>> {
+    let filters = HashMap::from([("label", vec![format!("drp.plugin={plugin}")])]);
+    let services = docker.list_services(Some(ListServicesOptionsBuilder::new().filters(&filters).build())).await?;
+    let mut by_service: BTreeMap<String, Vec<Running>> = services.into_iter().filter_map(|s| s.id).map(|id| (id, Vec::new())).collect();
+    let filters = HashMap::from([("desired-state", vec!["running".to_string()])]);
+    let tasks = docker.list_tasks(Some(ListTasksOptionsBuilder::new().filters(&filters).build())).await?;
+    for task in tasks.into_iter().filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING)) {
+        if let (Some(service), Some(task), Some(node)) = (task.service_id, task.id, task.node_id)
+            && let Some(running) = by_service.get_mut(&service)
+        {
+            running.push(Running { task, node });
+        }
+    }
+    Ok(by_service)
+}
+
+/// Service id → its one running task, once there are `n` services each running exactly
+/// one task.
+async fn wait_services(docker: &Docker, plugin: &str, n: usize) -> anyhow::Result<BTreeMap<String, Running>> {
     let began = Instant::now();
     loop {
-        let running = running_services(docker, plugin).await?;
-        if running.len() == n {
-            return Ok(running);
+        let services = service_tasks(docker, plugin).await?;
+        if services.len() == n && services.values().all(|tasks| tasks.len() == 1) {
+            return Ok(services.into_iter().filter_map(|(id, mut tasks)| Some((id, tasks.pop()?))).collect());
         }
         if began.elapsed() > SETTLE {
-            bail!("{} services of {plugin} running after {SETTLE:?}, not {n}", running.len());
+            let running = services.values().filter(|t| !t.is_empty()).count();
+            bail!("{} services of {plugin} ({running} running) after {SETTLE:?}, not {n} running once each: {services:?}", services.len());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The swarm node id of the manager.
+async fn manager_node(docker: &Docker) -> anyhow::Result<String> {
+    docker.info().await?.swarm.and_then(|s| s.node_id).context("the manager reports no swarm node id")
+}
+
+/// scripts/swarm.sh with `command` (worker-kill, worker-start), failing with its output.
+fn swarm_sh(command: &str) -> anyhow::Result<()> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/swarm.sh");
+    let output = Command::new("bash").arg(&script).arg(command).output()?;
+    ensure!(
+        output.status.success(),
+        "scripts/swarm.sh {command} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,9 +108,51 @@ async fn swarm_passes_the_kit() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// 40 machines enter a swarm Context: 40 services over both nodes, every agent calls
+/// the simulator back (those on the worker over the link), and all go when they leave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agents_spread_over_both_nodes_and_a_new_plugin_keeps_them() {
-    run_scenario("swarm", "agents_spread_over_both_nodes_and_a_new_plugin_keeps_them", async |w| {
+async fn forty_agents_spread_over_both_nodes_and_call_back() {
+    run_scenario("swarm", "forty_agents_spread_over_both_nodes_and_call_back", async |w| {
+        const N: usize = 40;
+        let docker = manager().await?;
+        let image = w.image();
+        w.upload("plain.tar", &image).await?;
+        w.sim.put_context(w.context("swarm", &image));
+        let machines: BTreeSet<String> = (0..N).map(|_| unique("m")).collect();
+        for uuid in &machines {
+            w.sim.put_machine(World::machine(uuid, "swarm"));
+        }
+        let services = wait_services(&docker, &w.plugin_name, N).await?;
+        let nodes: BTreeSet<&String> = services.values().map(|r| &r.node).collect();
+        ensure!(nodes.len() == 2, "all {N} agents run on one node: {services:?}");
+        let manager = manager_node(&docker).await?;
+        let on_manager = services.values().filter(|r| r.node == manager).count();
+        println!("swarm: {N} agents, {on_manager} on the manager, {} on the worker", N - on_manager);
+        w.sim
+            .wait_for("every agent's call back", SETTLE, || {
+                let called: BTreeSet<String> = w.sim.agent_reports().into_iter().map(|r| r.uuid).collect();
+                machines.is_subset(&called).then_some(())
+            })
+            .await?;
+        for uuid in &machines {
+            w.sim.delete_machine(uuid);
+        }
+        wait_services(&docker, &w.plugin_name, 0).await?;
+        let began = Instant::now();
+        while !w.agents().await?.is_empty() {
+            ensure!(began.elapsed() < SETTLE, "containers left on the nodes: {:?}", w.agents().await?);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Plugin A starts 20 agents and is SIGKILLed; plugin B, with a fresh scratch
+/// directory, adopts all 20 as they are: the same services, the same tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_plugin_adopts_every_service_after_a_crash() {
+    run_scenario("swarm", "a_new_plugin_adopts_every_service_after_a_crash", async |w| {
         const N: usize = 20;
         let docker = manager().await?;
         let image = w.image();
@@ -89,24 +163,201 @@ async fn agents_spread_over_both_nodes_and_a_new_plugin_keeps_them() {
             w.sim.put_machine(World::machine(uuid, "swarm"));
         }
         let before = wait_services(&docker, &w.plugin_name, N).await?;
-        let nodes: HashSet<&String> = before.values().collect();
+        let nodes: BTreeSet<&String> = before.values().map(|r| &r.node).collect();
         ensure!(nodes.len() == 2, "all {N} agents run on one node: {before:?}");
-        // A new plugin process (fresh scratch directory) finds the services as they are.
-        w.stop_plugin().await?;
+        if let Some(mut a) = w.plugin.take() {
+            a.kill();
+        }
         w.start_plugin().await?;
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let after = running_services(&docker, &w.plugin_name).await?;
-        ensure!(after == before, "the new plugin changed the agents: before {before:?}, after {after:?}");
+        // B has settled every machine once it knows all 20 agents and has nothing queued.
+        let began = Instant::now();
+        loop {
+            let (_, status) = w.action("agentStatus", json!({})).await?;
+            let known = status["agents"].as_array().map_or(0, Vec::len);
+            if known == N && status["pending"] == json!(0) {
+                break;
+            }
+            ensure!(began.elapsed() < SETTLE, "plugin B never settled: {status}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let after = wait_services(&docker, &w.plugin_name, N).await?;
+        ensure!(after == before, "plugin B changed the agents: before {before:?}, after {after:?}");
         for uuid in &machines {
             w.sim.delete_machine(uuid);
         }
         wait_services(&docker, &w.plugin_name, 0).await?;
-        let filters = HashMap::from([("label", vec![format!("drp.plugin={}", w.plugin_name)])]);
-        let left = docker.list_services(Some(ListServicesOptionsBuilder::new().filters(&filters).build())).await?;
-        ensure!(left.is_empty(), "{} services left after every machine left", left.len());
         Ok(())
     })
     .await
+}
+
+/// The node labels of every node of the swarm, by node id.
+async fn node_labels(docker: &Docker) -> anyhow::Result<BTreeMap<String, HashMap<String, String>>> {
+    let nodes = docker.list_nodes(None::<bollard::query_parameters::ListNodesOptions>).await?;
+    Ok(nodes.into_iter().filter_map(|n| Some((n.id?, n.spec.and_then(|s| s.labels).unwrap_or_default()))).collect())
+}
+
+/// The placement constraints of a service's task template.
+async fn constraints(docker: &Docker, service: &str) -> anyhow::Result<Vec<String>> {
+    let spec = docker.inspect_service(service, None).await?.spec.context("no spec")?;
+    Ok(spec.task_template.and_then(|t| t.placement).and_then(|p| p.constraints).unwrap_or_default())
+}
+
+/// An image loaded through the plugin lands on both nodes (imageExists says so per
+/// node, both nodes carry its label); an image only the manager holds (loaded through
+/// the docker engine) gets agents on the manager only, by a constraint in their
+/// service spec; a placement constraint from the agent options pins a Context's agents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_go_to_every_node_and_agents_only_where_their_image_is() {
+    run_scenario("swarm", "images_go_to_every_node_and_agents_only_where_their_image_is", async |w| {
+        let docker = manager().await?;
+        let manager_id = manager_node(&docker).await?;
+        let everywhere = w.image();
+        w.upload("plain.tar", &everywhere).await?;
+        let (code, detail) =
+            w.action("imageExists", json!({"context/image-name": everywhere, "context/detail": true, "context/engine": "swarm"})).await?;
+        ensure!(code == 200 && detail["exists"] == json!(true), "{code} {detail}");
+        let holders: Vec<&Value> = detail["nodes"].as_array().into_iter().flatten().filter(|n| n["has"] == json!(true)).collect();
+        ensure!(holders.len() == 2, "the image is not on both nodes: {detail}");
+        let id = detail["id"].as_str().context("no id")?.trim_start_matches("sha256:").to_string();
+        let label = format!("drp.image.{}", &id[..12]);
+        let labels = node_labels(&docker).await?;
+        ensure!(labels.values().all(|l| l.get(&label).map(String::as_str) == Some("1")), "{label} is not on both nodes: {labels:?}");
+
+        // The manager's dockerd alone, through the plugin's docker engine.
+        let manager_only = format!("ce-test/{}-manager-only:1", w.plugin_name);
+        let (code, body) = w
+            .action(
+                "imageUpload",
+                json!({"context/image-name": manager_only, "context/image-path": "files/fixtures/baked.tar", "context/engine": "docker"}),
+            )
+            .await?;
+        ensure!(code == 200, "imageUpload into docker: {code} {body}");
+        let (_, detail) =
+            w.action("imageExists", json!({"context/image-name": manager_only, "context/detail": true, "context/engine": "swarm"})).await?;
+        let has: Vec<bool> = detail["nodes"].as_array().into_iter().flatten().map(|n| n["has"] == json!(true)).collect();
+        ensure!(detail["exists"] == json!(true) && has.iter().filter(|h| **h).count() == 1, "not on the manager alone: {detail}");
+        w.sim.put_context(w.context("here", &manager_only));
+        let machines: Vec<String> = (0..6).map(|_| unique("m")).collect();
+        for uuid in &machines {
+            w.sim.put_machine(World::machine(uuid, "here"));
+        }
+        let services = wait_services(&docker, &w.plugin_name, machines.len()).await?;
+        ensure!(services.values().all(|r| r.node == manager_id), "an agent runs where its image is not: {services:?}");
+        let id = detail["id"].as_str().context("no id")?.trim_start_matches("sha256:").to_string();
+        let wanted = format!("node.labels.drp.image.{}==1", &id[..12]);
+        for service in services.keys() {
+            let constraints = constraints(&docker, service).await?;
+            ensure!(constraints.contains(&wanted), "service {service} is not constrained to its image: {constraints:?}");
+        }
+        let labels = node_labels(&docker).await?;
+        let labelled: Vec<&String> =
+            labels.iter().filter(|(_, l)| l.contains_key(&format!("drp.image.{}", &id[..12]))).map(|(n, _)| n).collect();
+        ensure!(labelled == vec![&manager_id], "the manager-only image's label is on {labelled:?}");
+        for uuid in &machines {
+            w.sim.delete_machine(uuid);
+        }
+        wait_services(&docker, &w.plugin_name, 0).await?;
+
+        // Pinned by the Context's options: every agent on the worker.
+        let mut pinned = w.context("pinned", &everywhere);
+        pinned["Meta"]["agent-options"] = json!(json!({"placement": {"constraints": ["node.role==worker"]}}).to_string());
+        w.sim.put_context(pinned);
+        for uuid in &machines {
+            w.sim.put_machine(World::machine(uuid, "pinned"));
+        }
+        let services = wait_services(&docker, &w.plugin_name, machines.len()).await?;
+        ensure!(services.values().all(|r| r.node != manager_id), "a pinned agent runs on the manager: {services:?}");
+        let first = services.keys().next().context("no service")?;
+        ensure!(constraints(&docker, first).await?.contains(&"node.role==worker".to_string()), "the constraint is not in the spec");
+        for uuid in &machines {
+            w.sim.delete_machine(uuid);
+        }
+        wait_services(&docker, &w.plugin_name, 0).await?;
+        let (code, _) = w.action("imageRemove", json!({"context/image-name": manager_only, "context/engine": "docker"})).await?;
+        ensure!(code == 200, "imageRemove: {code}");
+        Ok(())
+    })
+    .await
+}
+
+/// The worker dies (SIGKILL to its dockerd and its containers) with agents on it: swarm
+/// moves them to the manager, and the plugin neither removes nor duplicates a service
+/// meanwhile; the worker comes back and every service runs exactly one task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_agents_move_and_nothing_is_duplicated() {
+    run_scenario("swarm", "a_dead_nodes_agents_move_and_nothing_is_duplicated", async |w| {
+        let outcome = node_failure(w).await;
+        // The worker comes back whatever happened: the other tests need it.
+        let back = swarm_sh("worker-start");
+        outcome.and(back)
+    })
+    .await
+}
+
+async fn node_failure(w: &mut World) -> anyhow::Result<()> {
+    const N: usize = 10;
+    let docker = manager().await?;
+    let manager_id = manager_node(&docker).await?;
+    let image = w.image();
+    w.upload("plain.tar", &image).await?;
+    w.sim.put_context(w.context("swarm", &image));
+    let machines: Vec<String> = (0..N).map(|_| unique("m")).collect();
+    for uuid in &machines {
+        w.sim.put_machine(World::machine(uuid, "swarm"));
+    }
+    let before = wait_services(&docker, &w.plugin_name, N).await?;
+    let on_worker = before.values().filter(|r| r.node != manager_id).count();
+    ensure!(on_worker > 0, "no agent on the worker: {before:?}");
+    let ids: BTreeSet<String> = before.keys().cloned().collect();
+
+    swarm_sh("worker-kill")?;
+    let killed = Instant::now();
+    let moved = loop {
+        let now = service_tasks(&docker, &w.plugin_name).await?;
+        let now_ids: BTreeSet<String> = now.keys().cloned().collect();
+        ensure!(now_ids == ids, "the plugin changed the services while the node was down: {ids:?} -> {now_ids:?}");
+        let all_on_manager = now.values().all(|tasks| tasks.iter().any(|t| t.node == manager_id));
+        if all_on_manager {
+            break killed.elapsed();
+        }
+        ensure!(killed.elapsed() < Duration::from_secs(180), "after 180 s not every agent runs on the manager: {now:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    println!("swarm: the worker died with {on_worker} of {N} agents; all {N} ran on the manager {moved:.1?} later");
+
+    swarm_sh("worker-start")?;
+    let back = Instant::now();
+    // Exactly one running task per service, on any node, and the same services.
+    loop {
+        let now = service_tasks(&docker, &w.plugin_name).await?;
+        let now_ids: BTreeSet<String> = now.keys().cloned().collect();
+        ensure!(now_ids == ids, "the plugin changed the services after the node came back: {ids:?} -> {now_ids:?}");
+        let worker_containers =
+            ce_tests::world::list_containers(ce_tests::world::SWARM_WORKER_SOCK, &format!("drp.plugin={}", w.plugin_name))
+                .await?
+                .into_iter()
+                .filter(|c| c.state.as_deref() == Some("running"))
+                .count();
+        if now.values().all(|tasks| tasks.len() == 1) && worker_containers == 0 {
+            break;
+        }
+        ensure!(
+            back.elapsed() < Duration::from_secs(120),
+            "two agents of one machine after the worker came back: {now:?}, {worker_containers} running on the worker"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // And it stays so through a few of the plugin's settles.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let now = service_tasks(&docker, &w.plugin_name).await?;
+    ensure!(now.keys().cloned().collect::<BTreeSet<_>>() == ids && now.values().all(|t| t.len() == 1), "later: {now:?}");
+    for uuid in &machines {
+        w.sim.delete_machine(uuid);
+    }
+    wait_services(&docker, &w.plugin_name, 0).await?;
+    Ok(())
 }
 
 fn kit(config: serde_json::Value, only: &str) -> anyhow::Result<(bool, String)> {
@@ -122,9 +373,14 @@ fn kit(config: serde_json::Value, only: &str) -> anyhow::Result<(bool, String)> 
 async fn bad_swarm_input_is_refused_by_name() {
     run_scenario("docker", "bad_swarm_input_is_refused_by_name", async |w| {
         manager().await?;
-        // Podman's API is no swarm manager.
-        let (ok, out) = kit(json!({"host": ce_tests::world::PODMAN_SOCK}), "describe")?;
-        ensure!(!ok && out.lines().any(|l| l.starts_with("FAIL") && l.contains("is not a swarm manager")), "podman as manager:\n{out}");
+        // Podman's API is no swarm manager, and neither is a swarm's worker.
+        for host in [ce_tests::world::PODMAN_SOCK, SWARM_WORKER] {
+            let (ok, out) = kit(json!({"host": host}), "describe")?;
+            ensure!(
+                !ok && out.lines().any(|l| l.starts_with("FAIL") && l.contains("is not a swarm manager") && l.contains(host)),
+                "{host} as manager:\n{out}"
+            );
+        }
         // A node nobody answers on (a closed loopback port): the load fails naming it.
         let (ok, out) = kit(json!({"host": DOCKER_SOCK, "nodes": [DOCKER_SOCK, "tcp://127.0.0.1:9"]}), "images")?;
         let load = out.lines().find(|l| l.contains("image-load of an archive")).unwrap_or_default().to_string();
@@ -139,6 +395,39 @@ async fn bad_swarm_input_is_refused_by_name() {
                 "{settings}: {code} {body}"
             );
         }
+        // A placement constraint swarm would refuse: the machine's start fails naming it,
+        // and nothing is started.
+        let mut params = w.params();
+        params["context-engines/engine-config"]["swarm"] = json!({"host": DOCKER_SOCK, "nodes": [DOCKER_SOCK, SWARM_WORKER]});
+        let (code, body) = w.plugin().config(params).await?;
+        ensure!(code == 200, "config with swarm: {code} {body}");
+        let image = w.image();
+        w.upload("plain.tar", &image).await?;
+        let mut ctx = w.context("badplace", &image);
+        ctx["Meta"]["context-engine"] = json!("swarm");
+        ctx["Meta"]["agent-options"] = json!(json!({"placement": {"constraints": ["node.zone=a"]}}).to_string());
+        w.sim.put_context(ctx);
+        let uuid = unique("m");
+        w.sim.put_machine(World::machine(&uuid, "badplace"));
+        let failed = w
+            .sim
+            .wait_for("an agent-failed event", SETTLE, || {
+                w.sim.published().into_iter().find(|e| e["Action"] == "agent-failed" && e["Object"]["Machine"] == uuid.as_str())
+            })
+            .await?;
+        let error = failed["Object"]["Error"].as_str().unwrap_or_default();
+        ensure!(error.contains("placement.constraints[0]") && error.contains("node.zone=a"), "bad constraint: {error}");
+        let docker = manager().await?;
+        ensure!(service_tasks(&docker, &w.plugin_name).await?.is_empty(), "a service was made from a bad constraint");
+        // A single-host engine refuses placement by name, and starts nothing.
+        let mut machine = World::machine(&unique("m"), "");
+        machine["Params"] = json!({"context-engines/agent-options": {"placement": {"constraints": ["node.role==worker"]}}});
+        w.sim.put_machine(machine.clone());
+        let (code, body) = w
+            .machine_action(&machine, "agentStart", json!({"context/image-name": image, "context/name": "p", "context/engine": "docker"}))
+            .await?;
+        ensure!(code >= 400 && body.to_string().contains("placement"), "placement on docker: {code} {body}");
+        ensure!(w.agents().await?.is_empty(), "docker started an agent with a placement: {:?}", w.agents().await?);
         // The old config stands: docker serves.
         let (code, _) = w.action("imageExists", json!({"context/image-name": "ce-none/x:1"})).await?;
         ensure!(code == 200, "docker after the refused configs: {code}");

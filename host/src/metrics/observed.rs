@@ -90,6 +90,10 @@ impl<E: Engine> Engine for Observed<E> {
         self.answered(self.inner.agent_logs(name, lines).await)
     }
 
+    async fn image_detail(&self, image: &str) -> Result<Option<serde_json::Value>, EngineError> {
+        self.answered(self.inner.image_detail(image).await)
+    }
+
     /// Only a failure counts: a feed may open lazily, so its opening says nothing of
     /// whether the runtime answers (the listing that follows it does).
     async fn agent_events(&self, labels: &[(&str, &str)]) -> Result<Option<AgentEvents>, EngineError> {
