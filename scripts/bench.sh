@@ -32,6 +32,10 @@ if [ ! -s "$big" ]; then
   mv "$work/big.tar" "$big"
 fi
 
+# Section 6 runs on the two-node swarm; it is taken down however the run ends.
+trap 'bash scripts/swarm.sh down || true' EXIT
+bash scripts/swarm.sh up
+
 cargo build --release --locked -p context-engines -p ce-tests --bin context-engines --bin ce-bench
 mkdir -p bench-results
 start=$(date +%s)

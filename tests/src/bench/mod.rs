@@ -7,6 +7,7 @@ pub mod decisions;
 pub mod memory;
 pub mod report;
 pub mod start;
+pub mod swarm;
 pub mod wasm;
 
 use std::future::Future;
@@ -199,7 +200,7 @@ pub struct Config {
 }
 
 pub const OPTIONS: &[(&str, &str, &str)] = &[
-    ("only", "1,2,3,4,5", "sections to run (1 agent start, 2 burst, 3 decisions, 4 wasm, 5 memory)"),
+    ("only", "1,2,3,4,5,6", "sections to run (1 agent start, 2 burst, 3 decisions, 4 wasm, 5 memory, 6 swarm burst)"),
     ("budget-min", "25", "soft time budget: optional repeats are skipped once it is spent"),
     ("section-max-min", "20", "hard limit per section; a section past it is abandoned and reported"),
     ("burst-engine", "docker", "engine of the burst: docker (baseline CLI: docker) or podman (CLI: podman)"),
@@ -208,6 +209,8 @@ pub const OPTIONS: &[(&str, &str, &str)] = &[
     ("start-runs", "15", "agentStart runs per engine (after one warm-up run)"),
     ("burst-sizes", "200,1000", "burst sizes"),
     ("burst-repeats", "3,1", "repeats per burst size"),
+    ("swarm-burst", "200", "machines in the swarm burst (section 6; needs scripts/swarm.sh up)"),
+    ("swarm-repeats", "1", "repeats of the swarm burst"),
     ("decision-events", "50000", "events per decision run"),
     ("decision-runs", "5", "decision runs"),
     ("wasm-runs", "5", "runs of each WASM figure"),
@@ -483,6 +486,9 @@ pub async fn remove_leftovers() {
 }
 
 async fn remove_leftovers_on(host: &str) {
+    if host == ce_tests::world::DOCKER_SOCK {
+        remove_leftover_services().await;
+    }
     {
         let Ok(runtime) = ce_tests::world::connect_runtime(host).await else { return };
         let mut found = list_containers(host, BENCH_LABEL).await.unwrap_or_default();
@@ -500,6 +506,20 @@ async fn remove_leftovers_on(host: &str) {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Swarm services of `ceb-` plugins and of the swarm floor, when the manager is in
+/// swarm mode (section 6); swarm would otherwise start their containers again.
+async fn remove_leftover_services() {
+    let Ok(runtime) = ce_tests::world::connect_runtime(ce_tests::world::DOCKER_SOCK).await else { return };
+    let Ok(services) = runtime.list_services(None::<bollard::query_parameters::ListServicesOptions>).await else { return };
+    for service in services {
+        let labels = service.spec.as_ref().and_then(|s| s.labels.clone()).unwrap_or_default();
+        let ours = labels.contains_key(BENCH_LABEL) || labels.get("drp.plugin").is_some_and(|p| p.starts_with(PLUGIN_PREFIX));
+        if let Some(id) = service.id.filter(|_| ours) {
+            let _ = runtime.delete_service(&id).await;
         }
     }
 }

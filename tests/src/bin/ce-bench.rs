@@ -24,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
     // Cheapest first, so a budget cut hits the long repeats of the burst, not whole
     // sections; the table is printed in section order.
     let mut figures: Vec<Figure> = Vec::new();
-    for section in [3u8, 4, 1, 5, 2] {
+    for section in [3u8, 4, 1, 5, 2, 6] {
         if !config.wants(section) {
             continue;
         }
@@ -36,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
                 2 => bench::burst::run(&config).await,
                 3 => bench::decisions::run(&config).await,
                 4 => bench::wasm::run(&config).await,
+                6 => bench::swarm::run(&config).await,
                 _ => bench::memory::run(&config).await,
             }
         };
