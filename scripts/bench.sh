@@ -13,6 +13,21 @@ cd "$root"
 bash scripts/runtimes.sh
 bash scripts/fixtures.sh
 
+# Section 6 (the default runs it) needs the two-node swarm: brought up only when it is
+# asked for (so `--only 1,3` runs on a dockerd out of swarm mode), and taken down
+# however the run ends.
+only=${CE_BENCH_ONLY:-1,2,3,4,5,6}
+prev=
+for arg in "$@"; do
+  case $arg in --only=*) only=${arg#--only=} ;; esac
+  [ "$prev" = --only ] && only=$arg
+  prev=$arg
+done
+swarm=0
+case ",$only," in *,6,*) swarm=1 ;; esac
+work=
+trap 'rm -rf "${work:-/nonexistent}"; [ "$swarm" = 1 ] && bash scripts/swarm.sh down; true' EXIT
+
 # A docker-save archive of about 1 GiB holding incompressible data: a rootfs with one
 # 1 GiB file of random bytes, imported into dockerd and saved, then removed from dockerd.
 big=target/bench/big-1g.tar
@@ -20,7 +35,6 @@ if [ ! -s "$big" ]; then
   echo "bench: making $big (once)" >&2
   mkdir -p target/bench
   work=$(mktemp -d -p target/bench)
-  trap 'rm -rf "$work"' EXIT
   mkdir -p "$work/rootfs"
   head -c 1073741824 /dev/urandom > "$work/rootfs/blob"
   tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
@@ -32,9 +46,7 @@ if [ ! -s "$big" ]; then
   mv "$work/big.tar" "$big"
 fi
 
-# Section 6 runs on the two-node swarm; it is taken down however the run ends.
-trap 'bash scripts/swarm.sh down || true' EXIT
-bash scripts/swarm.sh up
+[ "$swarm" = 1 ] && bash scripts/swarm.sh up
 
 cargo build --release --locked -p context-engines -p ce-tests --bin context-engines --bin ce-bench
 mkdir -p bench-results

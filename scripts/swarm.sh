@@ -7,7 +7,9 @@
 #   scripts/swarm.sh check   run one swarm service on each node that calls back to the
 #                            host (the end-to-end proof; `up` does not run it)
 #   scripts/swarm.sh worker-kill   the worker node dies: SIGKILL to its dockerd and to
-#                            everything running in its namespace (containers too)
+#                            everything running in its network namespace (its
+#                            containerd, shims and host-network containers; a container
+#                            with a network namespace of its own would outlive it)
 #   scripts/swarm.sh worker-start  the worker comes back (same data root, so the same
 #                            swarm node) and is Ready again
 #
@@ -350,7 +352,7 @@ cmd_worker_kill() {
     p=$(ip netns pids "$NS" 2>/dev/null | tr '\n' ' ')
     [ -z "$p" ] && ! kill -0 "$pid" 2>/dev/null && break
     # shellcheck disable=SC2086
-    [ -n "$p" ] && kill -KILL $p 2>/dev/null
+    { [ -n "$p" ] && kill -KILL $p 2>/dev/null; } || true
     sleep 0.25
   done
   [ -z "$(ip netns pids "$NS" 2>/dev/null)" ] || die "processes survive SIGKILL in $NS: $(ip netns pids "$NS" | tr '\n' ' ')"

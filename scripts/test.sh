@@ -43,6 +43,8 @@ cargo test --release --locked -p ce-tests --test faults -- --test-threads=1
 # Taken down however the run ends, so no later run (nor the machine) is left in swarm mode.
 trap 'bash scripts/swarm.sh down || true' EXIT
 bash scripts/swarm.sh up
+# The swarm engine's unit tests (the --skip above skipped them with the suite's module).
+cargo test --release --locked -p context-engines --lib engines::swarm
 # One at a time: one of them kills the worker node.
 cargo test --release --locked --no-fail-fast -p ce-tests --test swarm -- --test-threads=1
 cargo test --release --locked -p ce-tests --test engines -- --test-threads=2 swarm::

@@ -38,6 +38,7 @@ pub async fn run(plugin: &Arc<Plugin>, reconciler: &Arc<Reconciler>, action: Act
     match action.command.as_str() {
         "imageUpload" => image_upload(plugin, params).await,
         "imageExists" => image_exists(plugin, params).await,
+        "imageDetail" => image_detail(plugin, params).await,
         "imageRemove" => image_remove(plugin, params).await,
         "agentStart" => agent_start(plugin, reconciler, &action.model, params).await,
         "agentStop" => agent_stop(plugin, reconciler, &action.model, params).await,
@@ -48,7 +49,7 @@ pub async fn run(plugin: &Arc<Plugin>, reconciler: &Arc<Reconciler>, action: Act
         other => Err(ApiError::new(
             404,
             format!(
-                "unknown action '{other}'; this plugin offers imageUpload, imageExists, imageRemove, imagePrune, agentStart, agentStop, agentLogs, enginesList, agentStatus"
+                "unknown action '{other}'; this plugin offers imageUpload, imageExists, imageDetail, imageRemove, imagePrune, agentStart, agentStop, agentLogs, enginesList, agentStatus"
             ),
         )),
     }
@@ -78,15 +79,19 @@ async fn image_upload(plugin: &Plugin, params: &Map<String, Value>) -> Result<Va
     Ok(Value::Bool(true))
 }
 
-/// `true`/`false` (SPEC); with `context/detail` true, an object that also says which
-/// image id it is and, for an engine of several nodes, which node holds it.
 async fn image_exists(plugin: &Plugin, params: &Map<String, Value>) -> Result<Value, ApiError> {
     let image = image_param(params)?;
     let engine = engine(plugin, params, None)?;
+    Ok(Value::Bool(engine.image_id(&image).await?.is_some()))
+}
+
+/// What `imageExists` says, with the image's id and, for an engine of several nodes,
+/// which node holds it. (A separate action: SPEC fixes `imageExists`' params and its
+/// `true`/`false`.)
+async fn image_detail(plugin: &Plugin, params: &Map<String, Value>) -> Result<Value, ApiError> {
+    let image = image_param(params)?;
+    let engine = engine(plugin, params, None)?;
     let id = engine.image_id(&image).await?;
-    if !params::flag(params, params::DETAIL, false)? {
-        return Ok(Value::Bool(id.is_some()));
-    }
     let mut detail = json!({"exists": id.is_some(), "id": id, "engine": engine.name()});
     if let Some(Value::Object(more)) = engine.image_detail(&image).await?
         && let Some(map) = detail.as_object_mut()

@@ -78,7 +78,6 @@ pub const CONTEXT_NAME: &str = "context/name";
 pub const ENGINE: &str = "context/engine";
 pub const LINES: &str = "context/lines";
 pub const DRY_RUN: &str = "context/dry-run";
-pub const DETAIL: &str = "context/detail";
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ParamError {

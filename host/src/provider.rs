@@ -27,12 +27,8 @@ const ENGINE_ONLY: &[&str] = &[params::ENGINE];
 
 const ACTIONS: &[Action] = &[
     Action { command: "imageUpload", model: "", required_params: &[params::IMAGE_NAME, params::IMAGE_PATH], optional_params: ENGINE_ONLY },
-    Action {
-        command: "imageExists",
-        model: "",
-        required_params: &[params::IMAGE_NAME],
-        optional_params: &[params::ENGINE, params::DETAIL],
-    },
+    Action { command: "imageExists", model: "", required_params: &[params::IMAGE_NAME], optional_params: ENGINE_ONLY },
+    Action { command: "imageDetail", model: "", required_params: &[params::IMAGE_NAME], optional_params: ENGINE_ONLY },
     Action { command: "imageRemove", model: "", required_params: &[params::IMAGE_NAME], optional_params: ENGINE_ONLY },
     Action {
         command: "agentStart",
@@ -64,7 +60,7 @@ A Context is served when its ``Engine`` is this plugin's name; its ``Meta[\"cont
 picks the engine (default: ``context-engines/default-engine``). Every machine whose
 ``Context`` names such a Context gets exactly one agent, named ``drp-<context>-<uuid>``.
 
-Actions: imageUpload, imageExists, imageRemove, imagePrune, agentStart, agentStop, agentLogs,
+Actions: imageUpload, imageExists, imageDetail, imageRemove, imagePrune, agentStart, agentStop, agentLogs,
 enginesList, agentStatus.
 ";
 

@@ -440,8 +440,10 @@ impl World {
             plugin.kill();
         }
         let label = format!("drp.plugin={}", self.plugin_name);
-        if !self.under_test.more_socks.is_empty() {
-            // Swarm services first, or swarm would start their containers again.
+        {
+            // Swarm services first (any world may have configured the swarm engine), or
+            // swarm would start their containers again; a runtime not in swarm mode
+            // answers the listing with an error, and there is nothing to do.
             let filters = HashMap::from([("label", vec![label.clone()])]);
             let options = bollard::query_parameters::ListServicesOptionsBuilder::new().filters(&filters).build();
             for service in self.runtime.list_services(Some(options)).await.unwrap_or_default() {

@@ -94,7 +94,7 @@ impl Subject {
             // All of each family but what a swarm service has no setting for (memory-swap,
             // shm-size, devices, privileged, security-opt: refused by name).
             let engine = crate::engines::swarm::SwarmEngine::new(name, &settings(config)?)?;
-            let features = [feature::MOUNTS, feature::RESOURCES, feature::SECURITY, feature::PROCESS, feature::LOGS, feature::PLACEMENT];
+            let features = [feature::MOUNTS, feature::RESOURCES, feature::SECURITY, feature::PROCESS, feature::LOGS];
             return Ok(Subject { engine: Arc::new(engine), wasm: None, features: features.map(str::to_string).to_vec() });
         }
         let flavor = match name {

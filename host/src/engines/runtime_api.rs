@@ -354,12 +354,8 @@ impl Engine for RuntimeApiEngine {
     }
 
     async fn agent_start(&self, spec: &AgentSpec) -> Result<AgentInfo, EngineError> {
-        if !spec.options.placement.is_empty() {
-            return Err(EngineError::Rejected {
-                engine: self.name.clone(),
-                cause: "option placement is for engines that schedule over nodes (swarm); this one runs agents on its one host".to_string(),
-            });
-        }
+        // `placement` says where among nodes; one host has one place, so it is not
+        // applied (see options::AgentOptions::placement).
         self.create_and_start(spec).await
     }
 

@@ -71,59 +71,84 @@ impl SwarmEngine {
         EngineError::Rejected { engine: self.name.clone(), cause }
     }
 
-    /// The image's id and, per node of `nodes` that answers, its swarm node id and
-    /// whether it holds the image (`None`: no node holds it). A node that does not
-    /// answer is left out: it neither holds the image nor is known to lack it.
+    /// The image's id (as the first node that has `image` names it) and, per node of
+    /// `nodes` that answers, its swarm node id and whether it holds that id (`None`: no
+    /// node has `image`). Holding is by id, not by name: the label names an id, and a
+    /// node where the name means another image must not get it.
     async fn holders(&self, image: &str) -> Result<Option<(String, Vec<(String, bool)>)>, EngineError> {
-        let mut id = None;
-        let mut nodes = Vec::new();
+        let Some(id) = self.find_id(image).await? else { return Ok(None) };
+        let nodes = self.holders_of(&id).await?;
+        Ok(Some((id, nodes)))
+    }
+
+    /// The id `image` names on the first node that has it; a node that does not answer
+    /// is passed over, and is the error only when no node has the image.
+    async fn find_id(&self, image: &str) -> Result<Option<String>, EngineError> {
         let mut last_error = None;
         for node in &self.nodes {
-            let found = match node.image_id(image).await {
-                Ok(found) => found,
-                Err(e) => {
-                    last_error = Some(e);
-                    continue;
-                }
-            };
+            match node.image_id(image).await {
+                Ok(Some(id)) => return Ok(Some(id)),
+                Ok(None) => {}
+                Err(e) => last_error = Some(e),
+            }
+        }
+        last_error.map_or(Ok(None), Err)
+    }
+
+    /// Per node that answers: its swarm node id and whether it holds the image `id`.
+    async fn holders_of(&self, id: &str) -> Result<Vec<(String, bool)>, EngineError> {
+        let mut nodes = Vec::new();
+        for node in &self.nodes {
+            let Ok(found) = node.image_id(id).await else { continue };
             let info = node.docker().await?.info().await.map_err(|e| node.error(e))?;
             match info.swarm.and_then(|s| s.node_id).filter(|n| !n.is_empty()) {
                 Some(node_id) => nodes.push((node_id, found.is_some())),
                 None => return Err(self.rejected(format!("{} is not a node of a swarm", node.host()))),
             }
-            if let Some(found) = found {
-                id.get_or_insert(found);
-            }
         }
-        match (id, last_error) {
-            (Some(id), _) => Ok(Some((id, nodes))),
-            (None, Some(e)) if nodes.is_empty() => Err(e),
-            (None, _) => Ok(None),
-        }
+        Ok(nodes)
     }
 
     /// Makes `label` say where the image is: on every node that holds it, off every
     /// node known to lack it (its image removed by hand), so swarm never places an
     /// agent on a node without its image.
     async fn label_nodes(&self, label: &str, nodes: &[(String, bool)]) -> Result<(), EngineError> {
-        let docker = self.docker().await?;
         for (node_id, holds) in nodes {
-            let node = docker.inspect_node(node_id).await.map_err(|e| self.manager.error(e))?;
-            let mut spec: NodeSpec = node.spec.unwrap_or_default();
-            let labels = spec.labels.get_or_insert_with(HashMap::new);
-            if labels.contains_key(label) == *holds {
-                continue;
+            // A node update names the version it read; another writer in between (a
+            // load of another image) makes it "out of sequence": read again and retry.
+            let mut tries = 0;
+            while !self.label_node(node_id, label, *holds).await? {
+                tries += 1;
+                if tries == 5 {
+                    return Err(self.rejected(format!("node {node_id} kept changing while its label {label} was set")));
+                }
             }
-            if *holds {
-                labels.insert(label.to_string(), "1".to_string());
-            } else {
-                labels.remove(label);
-            }
-            let version = node.version.and_then(|v| v.index).unwrap_or_default();
-            let options = UpdateNodeOptionsBuilder::new().version(version as i64).build();
-            docker.update_node(node_id, spec, options).await.map_err(|e| self.manager.error(e))?;
         }
         Ok(())
+    }
+
+    /// One try at setting (or clearing) `label` on a node: false when the node changed
+    /// since it was read.
+    async fn label_node(&self, node_id: &str, label: &str, holds: bool) -> Result<bool, EngineError> {
+        let docker = self.docker().await?;
+        let node = docker.inspect_node(node_id).await.map_err(|e| self.manager.error(e))?;
+        let mut spec: NodeSpec = node.spec.unwrap_or_default();
+        let labels = spec.labels.get_or_insert_with(HashMap::new);
+        if labels.contains_key(label) == holds {
+            return Ok(true);
+        }
+        if holds {
+            labels.insert(label.to_string(), "1".to_string());
+        } else {
+            labels.remove(label);
+        }
+        let version = node.version.and_then(|v| v.index).unwrap_or_default();
+        let options = UpdateNodeOptionsBuilder::new().version(version as i64).build();
+        match docker.update_node(node_id, spec, options).await {
+            Ok(()) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError { message, .. }) if message.contains("out of sequence") => Ok(false),
+            Err(e) => Err(self.manager.error(e)),
+        }
     }
 
     /// Services carrying all of `labels`, each with whether a task of it runs.
@@ -231,6 +256,11 @@ impl SwarmEngine {
                     Some(TaskState::COMPLETE | TaskState::FAILED | TaskState::SHUTDOWN) => return Ok(false),
                     Some(TaskState::REJECTED) => {
                         return Err(self.rejected(format!("swarm rejected service {name}'s task: {}", message.unwrap_or_default())));
+                    }
+                    // The scheduler says why it cannot place the task ("no suitable node
+                    // (scheduling constraints not satisfied on 2 nodes)"): no wait helps.
+                    Some(TaskState::PENDING) if unplaceable(message.as_deref()) => {
+                        return Err(self.rejected(format!("swarm cannot place service {name}'s task: {}", message.unwrap_or_default())));
                     }
                     other => last = Some(format!("{other:?}: {}", message.unwrap_or_default())),
                 }
@@ -371,8 +401,15 @@ fn alive(tasks: &[Task]) -> bool {
                     | TaskState::STARTING
             )
         );
+    let placeable = !unplaceable(next.status.as_ref().and_then(|s| s.err.as_deref()));
     coming
+        && placeable
         && !newest.get(1).is_some_and(|before| matches!(state(before), Some(TaskState::COMPLETE | TaskState::FAILED | TaskState::REJECTED)))
+}
+
+/// Whether a pending task's error is the scheduler's "no suitable node (…)".
+fn unplaceable(err: Option<&str>) -> bool {
+    err.is_some_and(|e| e.contains("no suitable node"))
 }
 
 /// The node label of an image: `drp.image.<the first 12 hex digits of its id>`.
@@ -427,7 +464,7 @@ impl Engine for SwarmEngine {
     }
 
     async fn image_id(&self, image: &str) -> Result<Option<String>, EngineError> {
-        Ok(self.holders(image).await?.map(|(id, _)| id))
+        self.find_id(image).await
     }
 
     /// Streams the one archive to every node at once; the slowest node sets the pace.
@@ -495,10 +532,17 @@ impl Engine for SwarmEngine {
         if tagged { Ok(()) } else { Err(EngineError::ImageMissing { engine: self.name.clone(), image: format!("{source} (on no node)") }) }
     }
 
+    /// Removes the name on every node, then takes the image's label off the nodes
+    /// that no longer hold it, so swarm does not place a restart there.
     async fn image_remove(&self, image: &str) -> Result<bool, EngineError> {
+        let id = self.find_id(image).await?;
         let mut removed = false;
         for node in &self.nodes {
             removed |= node.image_remove(image).await?;
+        }
+        if let Some(id) = id {
+            let nodes = self.holders_of(&id).await?;
+            self.label_nodes(&image_label(&id), &nodes).await?;
         }
         Ok(removed)
     }
@@ -524,8 +568,16 @@ impl Engine for SwarmEngine {
         let docker = self.docker().await?;
         let created = docker.create_service(wanted, None).await.map_err(|e| self.manager.error(e))?;
         let id = created.id.unwrap_or_default();
-        let running = self.first_task(&spec.name, &id).await?;
-        Ok(AgentInfo { name: spec.name.clone(), id, running, labels: spec.labels().clone() })
+        match self.first_task(&spec.name, &id).await {
+            Ok(running) => Ok(AgentInfo { name: spec.name.clone(), id, running, labels: spec.labels().clone() }),
+            Err(e) => {
+                // A service that never ran is no agent: left, it would count as one.
+                if let Err(cleanup) = self.remove_service(&spec.name).await {
+                    tracing::warn!(service = %spec.name, error = %cleanup, "removing a service that did not start");
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn agent_stop(&self, name: &str) -> Result<bool, EngineError> {
@@ -541,17 +593,25 @@ impl Engine for SwarmEngine {
     /// one of `nodes`, since agents only go where their image was loaded.
     async fn agent_logs(&self, name: &str, lines: u32) -> Result<Vec<String>, EngineError> {
         let mut newest = None;
+        let mut unreachable = None;
         for node in &self.nodes {
-            let Ok(found) = node.agent_list(&[("com.docker.swarm.service.name", name)]).await else { continue };
+            let found = match node.agent_list(&[("com.docker.swarm.service.name", name)]).await {
+                Ok(found) => found,
+                Err(e) => {
+                    unreachable = Some(e);
+                    continue;
+                }
+            };
             for container in found {
                 if container.running || newest.is_none() {
                     newest = Some((node, container.id));
                 }
             }
         }
-        match newest {
-            Some((node, id)) => node.agent_logs(&id, lines).await,
-            None => Err(self.rejected(format!("no agent named {name} on any node"))),
+        match (newest, unreachable) {
+            (Some((node, id)), _) => node.agent_logs(&id, lines).await,
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(self.rejected(format!("no agent named {name} on any node"))),
         }
     }
 
@@ -604,6 +664,10 @@ mod tests {
         assert!(!alive(&[task(&t("01"), COMPLETE, SHUTDOWN), task(&t("09"), READY, READY)]));
         assert!(!alive(&[task(&t("01"), FAILED, SHUTDOWN)]));
         assert!(!alive(&[]));
+        // A constraint no node satisfies: the scheduler says so, and waiting is no use.
+        let mut stuck = task(&t("01"), PENDING, RUNNING);
+        stuck.status.get_or_insert_default().err = Some("no suitable node (scheduling constraints not satisfied on 2 nodes)".into());
+        assert!(!alive(&[stuck]));
     }
 
     #[test]

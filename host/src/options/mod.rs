@@ -30,8 +30,6 @@ pub mod feature {
     pub const PROCESS: &str = "process";
     /// `agent-logs`.
     pub const LOGS: &str = "logs";
-    /// placement (constraints, spread): engines that schedule over nodes.
-    pub const PLACEMENT: &str = "placement";
 }
 
 /// One layer's options, or the merge of all layers. Every key is optional; an unset
@@ -88,7 +86,10 @@ pub struct AgentOptions {
     /// Seconds the runtime waits after SIGTERM before it kills the agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeout_secs: Option<u32>,
-    /// Where a scheduling engine may run the agent; engines on one host refuse it.
+    /// Where among its nodes a scheduling engine (swarm) may run the agent. Engines that
+    /// run agents on one host have one place, and do not apply it: a plugin-wide
+    /// placement must not stop every agent on them (a refused start after a spec change
+    /// would leave the machine without one).
     #[serde(default, skip_serializing_if = "Placement::is_empty")]
     pub placement: Placement,
 }
@@ -290,7 +291,6 @@ impl AgentOptions {
                 feature::PROCESS,
                 o.workdir.is_some() || o.init.is_some() || o.stop_timeout_secs.is_some() || !o.extra_hosts.is_empty() || !o.dns.is_empty(),
             ),
-            (feature::PLACEMENT, !o.placement.is_empty()),
         ];
         needs.into_iter().filter(|(_, needed)| *needed).map(|(name, _)| name).collect()
     }

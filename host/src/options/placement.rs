@@ -1,6 +1,8 @@
-//! The `placement` option: where a scheduling engine (swarm) may put an agent. Checked
-//! here, before any engine sees it, with swarm's own grammar, so a typo is an Error
-//! naming the entry instead of a service that never gets a node.
+//! The `placement` option: where among its nodes a scheduling engine (swarm) may put an
+//! agent; engines that run agents on one host do not apply it. Checked here, before any
+//! engine sees it, with swarm's own grammar, so a malformed entry is an Error naming it
+//! instead of a 400 from the manager (a well-formed constraint no node satisfies is the
+//! swarm engine's to report: "no suitable node").
 
 use serde::{Deserialize, Serialize};
 
@@ -18,9 +20,9 @@ pub struct Placement {
     pub spread: Vec<String>,
 }
 
-/// The attributes swarm (API 1.41 on) constrains on; `node.labels.*`/`engine.labels.*`
-/// take a label name after the prefix.
-const ATTRIBUTES: &[&str] = &["node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch"];
+/// The attributes swarm constrains on (matched without regard to case, as swarmkit
+/// does); `node.labels.*`/`engine.labels.*` take a label name after the prefix.
+const ATTRIBUTES: &[&str] = &["node.id", "node.hostname", "node.ip", "node.role", "node.platform.os", "node.platform.arch"];
 const LABEL_PREFIXES: &[&str] = &["node.labels.", "engine.labels."];
 
 impl Placement {
@@ -53,6 +55,9 @@ impl Placement {
     }
 }
 
+/// swarmkit's `constraint.Parse`: a key of `[a-z_][a-z0-9-_.]+` and a value of
+/// `[a-z0-9:-_ .*()?+[]\^$|/]+` (both without regard to case) around `==` or `!=`,
+/// and a known attribute.
 fn check_constraint(text: &str) -> Result<(), String> {
     let (attribute, value) = match (text.split_once("=="), text.split_once("!=")) {
         (Some(eq), None) => eq,
@@ -60,14 +65,17 @@ fn check_constraint(text: &str) -> Result<(), String> {
         _ => return Err(format!("'{text}' is not <attribute>==<value> or <attribute>!=<value>")),
     };
     let (attribute, value) = (attribute.trim(), value.trim());
-    let label = LABEL_PREFIXES.iter().find_map(|p| attribute.strip_prefix(p));
+    if !swarm_key(attribute) {
+        return Err(format!("'{text}': '{attribute}' is not a constraint key (letters, digits, '-', '_', '.')"));
+    }
+    let lower = attribute.to_ascii_lowercase();
+    let label = LABEL_PREFIXES.iter().find_map(|p| lower.strip_prefix(p));
     match label {
         Some(name) if name.starts_with("drp.") => {
             return Err(format!("'{text}': node labels drp.* are the plugin's own (image placement)"));
         }
-        Some(name) if !label_name(name) => return Err(format!("'{text}': '{name}' is not a label name")),
         Some(_) => {}
-        None if ATTRIBUTES.contains(&attribute) => {}
+        None if ATTRIBUTES.contains(&lower.as_str()) => {}
         None => {
             return Err(format!(
                 "'{text}': unknown attribute '{attribute}' (one of {}, node.labels.<name>, engine.labels.<name>)",
@@ -75,14 +83,22 @@ fn check_constraint(text: &str) -> Result<(), String> {
             ));
         }
     }
-    if value.is_empty() || value.contains(['=', '!', ',']) {
-        return Err(format!("'{text}': the value must be non-empty, without '=', '!' or ','"));
+    let value_char = |c: char| c.is_ascii_alphanumeric() || c.is_whitespace() || ":-_.*()?+[]\\^$|/".contains(c);
+    if value.is_empty() || !value.chars().all(value_char) {
+        return Err(format!("'{text}': the value must be letters, digits, spaces or any of : - _ . * ( ) ? + [ ] \\ ^ $ | /"));
     }
     Ok(())
 }
 
+fn swarm_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && key.len() > 1
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 fn label_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 #[cfg(test)]
@@ -98,7 +114,10 @@ mod tests {
 
     #[test]
     fn swarm_grammar_passes() {
-        let ok = placement(&["node.role==worker", "node.labels.zone != b", "engine.labels.disk==ssd"], &["node.labels.rack"]);
+        let ok = placement(
+            &["node.role==worker", "node.labels.zone != b", "engine.labels.disk==ssd", "node.ip==10.0.0.0/24", "Node.Role==manager"],
+            &["node.labels.rack"],
+        );
         assert_eq!(ok.check(), Ok(()));
     }
 
@@ -108,8 +127,10 @@ mod tests {
             (placement(&["node.role=worker"], &[]), "placement.constraints[0]", "not <attribute>"),
             (placement(&["node.roles==worker"], &[]), "placement.constraints[0]", "unknown attribute 'node.roles'"),
             (placement(&["node.role==worker", "node.labels.drp.image.abc==1"], &[]), "placement.constraints[1]", "plugin's own"),
-            (placement(&["node.labels.zone=="], &[]), "placement.constraints[0]", "non-empty"),
-            (placement(&["node.labels.a==b==c"], &[]), "placement.constraints[0]", "without"),
+            (placement(&["node.labels.zone=="], &[]), "placement.constraints[0]", "the value must be"),
+            (placement(&["node.labels.a==b==c"], &[]), "placement.constraints[0]", "the value must be"),
+            (placement(&["node.labels.team/x==a"], &[]), "placement.constraints[0]", "not a constraint key"),
+            (placement(&["node.labels.zone==eu@1"], &[]), "placement.constraints[0]", "the value must be"),
             (placement(&[], &["zone"]), "placement.spread[0]", "not a label attribute"),
         ];
         for (p, at, why) in cases {

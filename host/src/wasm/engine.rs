@@ -284,6 +284,8 @@ impl WasmEngine {
     /// run without them.
     fn spec_v01(&self, spec: &AgentSpec) -> Result<v01::AgentSpec, EngineError> {
         let mut rest = spec.options.clone();
+        // Where among nodes: nothing for an engine that runs agents where it runs them.
+        rest.placement = Default::default();
         let env = std::mem::take(&mut rest.env);
         let labels = std::mem::take(&mut rest.labels);
         let drpcli = rest
@@ -526,9 +528,6 @@ impl Engine for WasmEngine {
         // Each contract gets the spec in its own terms, or a refusal before any call.
         let (old, new) = match self.contract() {
             Contract::V0_1 => (Some(self.spec_v01(spec)?), None),
-            Contract::V0_2 if !spec.options.placement.is_empty() => {
-                return Err(self.refusal("has no placement (it runs each agent where the engine runs it): drop option placement"));
-            }
             Contract::V0_2 => {
                 self.check_features(&spec.options).await?;
                 (None, Some(spec_v02(spec)))
