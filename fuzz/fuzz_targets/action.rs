@@ -69,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
         },
     };
 
-    let mut read = |name: &str| -> Option<String> {
+    let read = |name: &str| -> Option<String> {
         match params::optional_string(params, name) {
             Ok(Some(value)) => {
                 assert!(!value.is_empty(), "an empty string counts as absent");
@@ -96,7 +96,13 @@ fuzz_target!(|data: &[u8]| {
     if let Some(image) = &image_name
         && images::check_reference(image).is_ok()
     {
-        assert!(image.len() <= 255 && image.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c)), "{image:?}");
+        // Docker's limits: 255 for the name, 128 for the tag (`host:port/name` has no tag).
+        let (name, tag) = match image.rsplit_once(':') {
+            Some((name, tag)) if !tag.contains('/') => (name, tag),
+            _ => (image.as_str(), ""),
+        };
+        assert!(name.len() <= 255 && tag.len() <= 128, "{image:?}");
+        assert!(image.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c)), "{image:?}");
         assert!(!image.split('/').any(|part| part.is_empty() || part == ".."), "{image:?}");
     }
 

@@ -32,8 +32,11 @@ macro_rules! behaviour_suite {
     };
 }
 
+// `swarm` is services over the two-node swarm of scripts/swarm.sh (agents on either node,
+// reporting to the simulator over the link to the worker); scripts/test.sh runs it in
+// its own phase, once the swarm is up.
 behaviour_suite! {
-    engines: [docker, podman, docker_api, docker_api_on_podman],
+    engines: [docker, podman, docker_api, docker_api_on_podman, swarm],
     scenarios: [
         agent_follows_the_machine_context,
         image_actions_load_check_and_remove,
@@ -49,37 +52,6 @@ behaviour_suite! {
         burst_of_machines_converges,
         manual_agent_survives_its_machines_events,
         a_name_held_by_another_plugin_is_left_alone,
-        agent_removed_by_hand_is_replaced,
-        same_image_with_different_checksums_is_loaded_and_checked_apart,
-        agent_options_reach_the_agent,
-        options_layers_merge_and_the_enforced_layer_wins,
-        options_that_give_the_host_are_gated,
-        changed_options_replace_agents_and_bad_ones_are_refused,
-        agent_logs_show_the_agents_output_with_tokens_masked,
-        agents_start_where_dr_provision_serves_no_params,
-    ]
-}
-
-// Swarm services over the two-node swarm of scripts/swarm.sh (agents on either node,
-// reporting to the simulator over the link to the worker). All scenarios but the name
-// held by another plugin, which plants a container: a service's name is another
-// namespace (the kit's check plants a service; tests/tests/swarm.rs runs the kit).
-behaviour_suite! {
-    engines: [swarm],
-    scenarios: [
-        agent_follows_the_machine_context,
-        image_actions_load_check_and_remove,
-        bad_image_input_is_refused_and_plugin_keeps_serving,
-        missing_image_is_loaded_from_the_file_server,
-        own_entrypoint_runs_without_drpcli,
-        checksum_accepts_matching_and_rejects_other_archives,
-        restart_adopts_agents_and_removes_orphans,
-        missed_events_are_recovered_after_reconnect,
-        image_change_replaces_agents,
-        start_from_a_missing_image_keeps_the_running_agent,
-        agent_actions_are_idempotent,
-        burst_of_machines_converges,
-        manual_agent_survives_its_machines_events,
         agent_removed_by_hand_is_replaced,
         same_image_with_different_checksums_is_loaded_and_checked_apart,
         agent_options_reach_the_agent,
@@ -472,22 +444,7 @@ async fn a_name_held_by_another_plugin_is_left_alone(w: &mut World) -> anyhow::R
     let uuid = unique("m");
     let name = format!("drp-ctx-{uuid}");
     let owner = format!("{}-other", w.plugin_name);
-    let labels = std::collections::HashMap::from([("drp.plugin".to_string(), owner.clone())]);
-    let mut created = Err(anyhow::anyhow!("no candidate name"));
-    for candidate in [image.clone(), format!("localhost/{image}")] {
-        let body = bollard::models::ContainerCreateBody {
-            image: Some(candidate),
-            cmd: Some(vec!["/bin/sleep".to_string(), "3600".to_string()]),
-            labels: Some(labels.clone()),
-            ..Default::default()
-        };
-        let options = bollard::query_parameters::CreateContainerOptionsBuilder::new().name(&name).build();
-        created = w.runtime.create_container(Some(options), body).await.map(|c| c.id).map_err(anyhow::Error::from);
-        if created.is_ok() {
-            break;
-        }
-    }
-    let foreign = created.context("creating the other plugin's container")?;
+    let foreign = Foreign::plant(w, &name, &image, &owner).await?;
     let outcome = async {
         w.sim.put_context(w.context("ctx", &image));
         w.sim.put_machine(World::machine(&uuid, "ctx"));
@@ -511,17 +468,81 @@ async fn a_name_held_by_another_plugin_is_left_alone(w: &mut World) -> anyhow::R
             ensure!(started.elapsed() < SETTLE, "agentStatus never showed the failure: {status}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let still = w.runtime.inspect_container(&name, None).await.context("the other plugin's container was removed")?;
-        ensure!(still.id.as_deref() == Some(foreign.as_str()), "the container holding the name changed");
+        foreign.still_holds(w, &name).await.context("the other plugin's agent was removed or replaced")?;
         // agentStop of that name: ours is absent, theirs is not touched.
         expect(w.machine_action(&World::machine(&uuid, "ctx"), "agentStop", json!({"context/name": "ctx"})).await?, 200, json!(true))?;
-        w.runtime.inspect_container(&name, None).await.context("agentStop removed the other plugin's container")?;
+        foreign.still_holds(w, &name).await.context("agentStop touched the other plugin's agent")?;
         Ok(())
     }
     .await;
-    let options = bollard::query_parameters::RemoveContainerOptionsBuilder::new().force(true).build();
-    let _ = w.runtime.remove_container(&foreign, Some(options)).await;
+    foreign.remove(w).await;
     outcome
+}
+
+/// Another plugin's agent holding a name: a container that sleeps, or on swarm a service
+/// (of no replicas: holding the name is all it is for).
+enum Foreign {
+    Container(String),
+    Service(String),
+}
+
+impl Foreign {
+    async fn plant(w: &World, name: &str, image: &str, owner: &str) -> anyhow::Result<Foreign> {
+        let labels = std::collections::HashMap::from([("drp.plugin".to_string(), owner.to_string())]);
+        if w.engine == "swarm" {
+            let image_id = w.runtime.inspect_image(image).await?.id.context("the image has no id")?;
+            let spec = bollard::models::ServiceSpec {
+                name: Some(name.to_string()),
+                labels: Some(labels),
+                mode: Some(bollard::models::ServiceSpecMode {
+                    replicated: Some(bollard::models::ServiceSpecModeReplicated { replicas: Some(0) }),
+                    ..Default::default()
+                }),
+                task_template: Some(bollard::models::TaskSpec {
+                    container_spec: Some(bollard::models::TaskSpecContainerSpec { image: Some(image_id), ..Default::default() }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let created = w.runtime.create_service(spec, None).await.context("creating the other plugin's service")?;
+            return Ok(Foreign::Service(created.id.context("the service has no id")?));
+        }
+        let mut created = Err(anyhow::anyhow!("no candidate name"));
+        for candidate in [image.to_string(), format!("localhost/{image}")] {
+            let body = bollard::models::ContainerCreateBody {
+                image: Some(candidate),
+                cmd: Some(vec!["/bin/sleep".to_string(), "3600".to_string()]),
+                labels: Some(labels.clone()),
+                ..Default::default()
+            };
+            let options = bollard::query_parameters::CreateContainerOptionsBuilder::new().name(name).build();
+            created = w.runtime.create_container(Some(options), body).await.map(|c| c.id).map_err(anyhow::Error::from);
+            if created.is_ok() {
+                break;
+            }
+        }
+        Ok(Foreign::Container(created.context("creating the other plugin's container")?))
+    }
+
+    /// Fails unless `name` is still held by this very container or service.
+    async fn still_holds(&self, w: &World, name: &str) -> anyhow::Result<()> {
+        let (id, holder) = match self {
+            Foreign::Container(id) => (id, w.runtime.inspect_container(name, None).await?.id),
+            Foreign::Service(id) => (id, w.runtime.inspect_service(name, None).await?.id),
+        };
+        ensure!(holder.as_deref() == Some(id.as_str()), "{name} is held by {holder:?}, not {id}");
+        Ok(())
+    }
+
+    async fn remove(&self, w: &World) {
+        let _ = match self {
+            Foreign::Container(id) => {
+                let options = bollard::query_parameters::RemoveContainerOptionsBuilder::new().force(true).build();
+                w.runtime.remove_container(id, Some(options)).await
+            }
+            Foreign::Service(id) => w.runtime.delete_service(id).await,
+        };
+    }
 }
 
 /// `docker rm -f` / `podman rm -f` of an agent: a native engine hears it on the

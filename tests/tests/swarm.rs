@@ -90,6 +90,35 @@ fn swarm_sh(command: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A fresh image loaded through the swarm engine and the Context "swarm" running it.
+async fn swarm_context(w: &World) -> anyhow::Result<()> {
+    let image = w.image();
+    w.upload("plain.tar", &image).await?;
+    w.sim.put_context(w.context("swarm", &image));
+    Ok(())
+}
+
+/// `n` new machine uuids.
+fn new_machines(n: usize) -> Vec<String> {
+    (0..n).map(|_| unique("m")).collect()
+}
+
+/// `machines` enter Context `context`; their services once every one runs.
+async fn enter(w: &World, docker: &Docker, context: &str, machines: &[String]) -> anyhow::Result<BTreeMap<String, Running>> {
+    for uuid in machines {
+        w.sim.put_machine(World::machine(uuid, context));
+    }
+    wait_services(docker, &w.plugin_name, machines.len()).await
+}
+
+/// `machines` go away, and with them every service of the plugin.
+async fn leave(w: &World, docker: &Docker, machines: &[String]) -> anyhow::Result<()> {
+    for uuid in machines {
+        w.sim.delete_machine(uuid);
+    }
+    wait_services(docker, &w.plugin_name, 0).await.map(drop)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swarm_passes_the_kit() -> anyhow::Result<()> {
     manager().await?;
@@ -115,14 +144,9 @@ async fn forty_agents_spread_over_both_nodes_and_call_back() {
     run_scenario("swarm", "forty_agents_spread_over_both_nodes_and_call_back", async |w| {
         const N: usize = 40;
         let docker = manager().await?;
-        let image = w.image();
-        w.upload("plain.tar", &image).await?;
-        w.sim.put_context(w.context("swarm", &image));
-        let machines: BTreeSet<String> = (0..N).map(|_| unique("m")).collect();
-        for uuid in &machines {
-            w.sim.put_machine(World::machine(uuid, "swarm"));
-        }
-        let services = wait_services(&docker, &w.plugin_name, N).await?;
+        swarm_context(w).await?;
+        let machines = new_machines(N);
+        let services = enter(w, &docker, "swarm", &machines).await?;
         let nodes: BTreeSet<&String> = services.values().map(|r| &r.node).collect();
         ensure!(nodes.len() == 2, "all {N} agents run on one node: {services:?}");
         let manager = manager_node(&docker).await?;
@@ -131,13 +155,10 @@ async fn forty_agents_spread_over_both_nodes_and_call_back() {
         w.sim
             .wait_for("every agent's call back", SETTLE, || {
                 let called: BTreeSet<String> = w.sim.agent_reports().into_iter().map(|r| r.uuid).collect();
-                machines.is_subset(&called).then_some(())
+                machines.iter().all(|m| called.contains(m)).then_some(())
             })
             .await?;
-        for uuid in &machines {
-            w.sim.delete_machine(uuid);
-        }
-        wait_services(&docker, &w.plugin_name, 0).await?;
+        leave(w, &docker, &machines).await?;
         let began = Instant::now();
         while !w.agents().await?.is_empty() {
             ensure!(began.elapsed() < SETTLE, "containers left on the nodes: {:?}", w.agents().await?);
@@ -155,14 +176,9 @@ async fn a_new_plugin_adopts_every_service_after_a_crash() {
     run_scenario("swarm", "a_new_plugin_adopts_every_service_after_a_crash", async |w| {
         const N: usize = 20;
         let docker = manager().await?;
-        let image = w.image();
-        w.upload("plain.tar", &image).await?;
-        w.sim.put_context(w.context("swarm", &image));
-        let machines: Vec<String> = (0..N).map(|_| unique("m")).collect();
-        for uuid in &machines {
-            w.sim.put_machine(World::machine(uuid, "swarm"));
-        }
-        let before = wait_services(&docker, &w.plugin_name, N).await?;
+        swarm_context(w).await?;
+        let machines = new_machines(N);
+        let before = enter(w, &docker, "swarm", &machines).await?;
         let nodes: BTreeSet<&String> = before.values().map(|r| &r.node).collect();
         ensure!(nodes.len() == 2, "all {N} agents run on one node: {before:?}");
         if let Some(mut a) = w.plugin.take() {
@@ -183,11 +199,7 @@ async fn a_new_plugin_adopts_every_service_after_a_crash() {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let after = wait_services(&docker, &w.plugin_name, N).await?;
         ensure!(after == before, "plugin B changed the agents: before {before:?}, after {after:?}");
-        for uuid in &machines {
-            w.sim.delete_machine(uuid);
-        }
-        wait_services(&docker, &w.plugin_name, 0).await?;
-        Ok(())
+        leave(w, &docker, &machines).await
     })
     .await
 }
@@ -237,11 +249,8 @@ async fn images_go_to_every_node_and_agents_only_where_their_image_is() {
         let has: Vec<bool> = detail["nodes"].as_array().into_iter().flatten().map(|n| n["has"] == json!(true)).collect();
         ensure!(detail["exists"] == json!(true) && has.iter().filter(|h| **h).count() == 1, "not on the manager alone: {detail}");
         w.sim.put_context(w.context("here", &manager_only));
-        let machines: Vec<String> = (0..6).map(|_| unique("m")).collect();
-        for uuid in &machines {
-            w.sim.put_machine(World::machine(uuid, "here"));
-        }
-        let services = wait_services(&docker, &w.plugin_name, machines.len()).await?;
+        let machines = new_machines(6);
+        let services = enter(w, &docker, "here", &machines).await?;
         ensure!(services.values().all(|r| r.node == manager_id), "an agent runs where its image is not: {services:?}");
         let id = detail["id"].as_str().context("no id")?.trim_start_matches("sha256:").to_string();
         let wanted = format!("node.labels.drp.image.{}==1", &id[..12]);
@@ -253,26 +262,17 @@ async fn images_go_to_every_node_and_agents_only_where_their_image_is() {
         let labelled: Vec<&String> =
             labels.iter().filter(|(_, l)| l.contains_key(&format!("drp.image.{}", &id[..12]))).map(|(n, _)| n).collect();
         ensure!(labelled == vec![&manager_id], "the manager-only image's label is on {labelled:?}");
-        for uuid in &machines {
-            w.sim.delete_machine(uuid);
-        }
-        wait_services(&docker, &w.plugin_name, 0).await?;
+        leave(w, &docker, &machines).await?;
 
         // Pinned by the Context's options: every agent on the worker.
         let mut pinned = w.context("pinned", &everywhere);
         pinned["Meta"]["agent-options"] = json!(json!({"placement": {"constraints": ["node.role==worker"]}}).to_string());
         w.sim.put_context(pinned);
-        for uuid in &machines {
-            w.sim.put_machine(World::machine(uuid, "pinned"));
-        }
-        let services = wait_services(&docker, &w.plugin_name, machines.len()).await?;
+        let services = enter(w, &docker, "pinned", &machines).await?;
         ensure!(services.values().all(|r| r.node != manager_id), "a pinned agent runs on the manager: {services:?}");
         let first = services.keys().next().context("no service")?;
         ensure!(constraints(&docker, first).await?.contains(&"node.role==worker".to_string()), "the constraint is not in the spec");
-        for uuid in &machines {
-            w.sim.delete_machine(uuid);
-        }
-        wait_services(&docker, &w.plugin_name, 0).await?;
+        leave(w, &docker, &machines).await?;
         let (code, _) = w.action("imageRemove", json!({"context/image-name": manager_only, "context/engine": "docker"})).await?;
         ensure!(code == 200, "imageRemove: {code}");
         Ok(())
@@ -298,14 +298,9 @@ async fn node_failure(w: &mut World) -> anyhow::Result<()> {
     const N: usize = 10;
     let docker = manager().await?;
     let manager_id = manager_node(&docker).await?;
-    let image = w.image();
-    w.upload("plain.tar", &image).await?;
-    w.sim.put_context(w.context("swarm", &image));
-    let machines: Vec<String> = (0..N).map(|_| unique("m")).collect();
-    for uuid in &machines {
-        w.sim.put_machine(World::machine(uuid, "swarm"));
-    }
-    let before = wait_services(&docker, &w.plugin_name, N).await?;
+    swarm_context(w).await?;
+    let machines = new_machines(N);
+    let before = enter(w, &docker, "swarm", &machines).await?;
     let on_worker = before.values().filter(|r| r.node != manager_id).count();
     ensure!(on_worker > 0, "no agent on the worker: {before:?}");
     let ids: BTreeSet<String> = before.keys().cloned().collect();
@@ -351,11 +346,7 @@ async fn node_failure(w: &mut World) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let now = service_tasks(&docker, &w.plugin_name).await?;
     ensure!(now.keys().cloned().collect::<BTreeSet<_>>() == ids && now.values().all(|t| t.len() == 1), "later: {now:?}");
-    for uuid in &machines {
-        w.sim.delete_machine(uuid);
-    }
-    wait_services(&docker, &w.plugin_name, 0).await?;
-    Ok(())
+    leave(w, &docker, &machines).await
 }
 
 fn kit(config: serde_json::Value, only: &str) -> anyhow::Result<(bool, String)> {

@@ -407,6 +407,15 @@ fn alive(tasks: &[Task]) -> bool {
         && !newest.get(1).is_some_and(|before| matches!(state(before), Some(TaskState::COMPLETE | TaskState::FAILED | TaskState::REJECTED)))
 }
 
+/// The task whose container `agentLogs` shows: the running one, else the newest that
+/// got a container.
+fn shown_task(tasks: &[Task]) -> Option<&Task> {
+    let state = |t: &Task| t.status.as_ref().and_then(|s| s.state);
+    let has_container = |t: &&Task| t.status.as_ref().and_then(|s| s.container_status.as_ref()?.container_id.as_ref()).is_some();
+    let created = |t: &&Task| t.created_at.as_deref().and_then(|c| humantime::parse_rfc3339_weak(c).ok());
+    tasks.iter().filter(has_container).max_by_key(|t| (state(t) == Some(TaskState::RUNNING), created(t)))
+}
+
 /// Whether a pending task's error is the scheduler's "no suitable node (…)".
 fn unplaceable(err: Option<&str>) -> bool {
     err.is_some_and(|e| e.contains("no suitable node"))
@@ -588,31 +597,29 @@ impl Engine for SwarmEngine {
         self.services(labels).await
     }
 
-    /// The logs of the service's container, from the node it runs on (the running one
-    /// when swarm has started several over time); every node that can run an agent is
-    /// one of `nodes`, since agents only go where their image was loaded.
+    /// The logs of the container of the service's task that runs, or of its newest when
+    /// none runs (the last exit is what an operator wants to read), from whichever node
+    /// holds it; every node that can run an agent is one of `nodes`, since agents only go
+    /// where their image was loaded.
     async fn agent_logs(&self, name: &str, lines: u32) -> Result<Vec<String>, EngineError> {
-        let mut newest = None;
+        let docker = self.docker().await?;
+        let filters = HashMap::from([("service", vec![name.to_string()])]);
+        let tasks = docker.list_tasks(Some(ListTasksOptionsBuilder::new().filters(&filters).build())).await;
+        let tasks = tasks.map_err(|e| self.manager.error(e))?;
+        let container = shown_task(&tasks).and_then(|t| t.status.as_ref()?.container_status.as_ref()?.container_id.clone());
+        let Some(container) = container else {
+            return Err(self.rejected(format!("service {name} has no container on any node")));
+        };
         let mut unreachable = None;
         for node in &self.nodes {
-            let found = match node.agent_list(&[("com.docker.swarm.service.name", name)]).await {
-                Ok(found) => found,
-                Err(e) => {
-                    unreachable = Some(e);
-                    continue;
-                }
-            };
-            for container in found {
-                if container.running || newest.is_none() {
-                    newest = Some((node, container.id));
-                }
+            match node.agent_logs(&container, lines).await {
+                Ok(lines) => return Ok(lines),
+                Err(EngineError::Rejected { .. }) => continue,
+                Err(e) => unreachable = Some(e),
             }
         }
-        match (newest, unreachable) {
-            (Some((node, id)), _) => node.agent_logs(&id, lines).await,
-            (None, Some(e)) => Err(e),
-            (None, None) => Err(self.rejected(format!("no agent named {name} on any node"))),
-        }
+        Err(unreachable
+            .unwrap_or_else(|| self.rejected(format!("service {name}'s container {container} is on no node of engine-config.swarm.nodes"))))
     }
 
     async fn image_detail(&self, image: &str) -> Result<Option<Value>, EngineError> {
@@ -668,6 +675,23 @@ mod tests {
         let mut stuck = task(&t("01"), PENDING, RUNNING);
         stuck.status.get_or_insert_default().err = Some("no suitable node (scheduling constraints not satisfied on 2 nodes)".into());
         assert!(!alive(&[stuck]));
+    }
+
+    #[test]
+    fn logs_come_from_the_running_task_else_the_newest() {
+        use TaskState::*;
+        let t = |s: &str, state: TaskState, container: Option<&str>| {
+            let mut task = task(&format!("2026-12-04T18:00:{s}Z"), state, RUNNING);
+            let status = task.status.get_or_insert_default();
+            status.container_status =
+                container.map(|id| bollard::models::ContainerStatus { container_id: Some(id.into()), ..Default::default() });
+            task
+        };
+        let shown = |tasks: &[Task]| shown_task(tasks).and_then(|t| t.status.as_ref()?.container_status.as_ref()?.container_id.clone());
+        assert_eq!(shown(&[t("01", FAILED, Some("a")), t("05", RUNNING, Some("b")), t("09", FAILED, Some("c"))]), Some("b".into()));
+        assert_eq!(shown(&[t("01", FAILED, Some("a")), t("09", COMPLETE, Some("c")), t("05", FAILED, Some("b"))]), Some("c".into()));
+        assert_eq!(shown(&[t("01", FAILED, Some("a")), t("09", PENDING, None)]), Some("a".into()), "a task not started has no logs");
+        assert_eq!(shown(&[]), None);
     }
 
     #[test]

@@ -7,6 +7,9 @@ use std::str::FromStr;
 
 use oci_spec::distribution::Reference;
 
+/// The longest name (`[host[:port]/]path`) Docker accepts.
+const NAME_MAX: usize = 255;
+
 /// A checked image reference, keeping the spelling it was given: engines name images
 /// exactly as the Context does (a runtime's own spelling, like Podman's `localhost/`, is
 /// that engine's concern).
@@ -25,11 +28,22 @@ impl ImageRef {
                  lowercase letters and digits joined by '.', '_', '__' or '-'"
             )
         };
+        // The grammar is ASCII, but oci-spec's regex spells a tag's characters `\w`, which
+        // Rust's regex reads as Unicode: `foo:kӘk` would pass and no runtime accepts it.
+        if let Some(c) = image.chars().find(|c| !c.is_ascii()) {
+            return Err(refuse(&format!("'{c}' is not an ASCII character")));
+        }
         let parsed = Reference::from_str(image).map_err(|e| refuse(&e.to_string()))?;
         if parsed.digest().is_some() {
             return Err(refuse("a digest names no loaded image; use a tag"));
         }
-        Ok(ImageRef { written: image.to_string(), parsed })
+        let reference = ImageRef { written: image.to_string(), parsed };
+        // Docker's limit is on the name as written, registry included; oci-spec's is on
+        // the repository alone.
+        if reference.repository_and_tag().0.len() > NAME_MAX {
+            return Err(refuse(&format!("the name before the tag is over {NAME_MAX} characters")));
+        }
+        Ok(reference)
     }
 
     /// Whether the reference names its registry (`reg.example.com/x`, `localhost/x`),
@@ -77,9 +91,17 @@ mod tests {
             "a._b",
             "foo:-tag",
             "a//b",
+            "foo:kӘk",
+            "fóo:1",
         ] {
             assert!(check_reference(bad).is_err(), "{bad}");
         }
+        // Docker's limits: 255 for the name, 128 for the tag.
+        let longest = format!("{}/{}", "a".repeat(100), "b".repeat(154));
+        assert!(check_reference(&format!("{longest}:{}", "t".repeat(128))).is_ok());
+        assert!(check_reference(&format!("{longest}b")).is_err());
+        assert!(check_reference(&format!("reg.example.com/{}", "b".repeat(250))).expect_err("long").contains("over 255"));
+        assert!(check_reference(&format!("a:{}", "t".repeat(129))).is_err());
         let digest = format!("foo@sha256:{}", "a".repeat(64));
         assert!(check_reference(&digest).expect_err("digest").contains("use a tag"));
     }
