@@ -217,9 +217,11 @@ async fn constraints(docker: &Docker, service: &str) -> anyhow::Result<Vec<Strin
 }
 
 /// An image loaded through the plugin lands on both nodes (imageDetail says so per
-/// node, both nodes carry its label); an image only the manager holds (loaded through
-/// the docker engine) gets agents on the manager only, by a constraint in their
-/// service spec; a placement constraint from the agent options pins a Context's agents.
+/// node, both nodes carry its label). An image only the manager holds (loaded through
+/// the docker engine): while the plugin knows the manager alone as a node, its agents
+/// run on the manager only, by a constraint in their service spec; once the plugin knows
+/// both nodes, the next start copies the image to the worker, which gets its label, and
+/// a `placement` constraint from the agent options pins a Context's agents there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_go_to_every_node_and_agents_only_where_their_image_is() {
     run_scenario("swarm", "images_go_to_every_node_and_agents_only_where_their_image_is", async |w| {
@@ -229,10 +231,8 @@ async fn images_go_to_every_node_and_agents_only_where_their_image_is() {
         w.upload("plain.tar", &everywhere).await?;
         let (code, detail) = w.action("imageDetail", json!({"context/image-name": everywhere, "context/engine": "swarm"})).await?;
         ensure!(code == 200 && detail["exists"] == json!(true), "{code} {detail}");
-        let holders: Vec<&Value> = detail["nodes"].as_array().into_iter().flatten().filter(|n| n["has"] == json!(true)).collect();
-        ensure!(holders.len() == 2, "the image is not on both nodes: {detail}");
-        let id = detail["id"].as_str().context("no id")?.trim_start_matches("sha256:").to_string();
-        let label = format!("drp.image.{}", &id[..12]);
+        ensure!(holders(&detail) == 2, "the image is not on both nodes: {detail}");
+        let label = image_label(&detail)?;
         let labels = node_labels(&docker).await?;
         ensure!(labels.values().all(|l| l.get(&label).map(String::as_str) == Some("1")), "{label} is not on both nodes: {labels:?}");
 
@@ -246,38 +246,75 @@ async fn images_go_to_every_node_and_agents_only_where_their_image_is() {
             .await?;
         ensure!(code == 200, "imageUpload into docker: {code} {body}");
         let (_, detail) = w.action("imageDetail", json!({"context/image-name": manager_only, "context/engine": "swarm"})).await?;
-        let has: Vec<bool> = detail["nodes"].as_array().into_iter().flatten().map(|n| n["has"] == json!(true)).collect();
-        ensure!(detail["exists"] == json!(true) && has.iter().filter(|h| **h).count() == 1, "not on the manager alone: {detail}");
+        ensure!(detail["exists"] == json!(true) && holders(&detail) == 1, "not on the manager alone: {detail}");
+        let label = image_label(&detail)?;
+
+        // A plugin that knows the manager alone as a node: the worker is a swarm node it
+        // cannot load into, so no agent of that image may go there.
+        w.stop_plugin().await?;
+        let mut engines = w.params()["context-engines/engine-config"].clone();
+        engines["swarm"] = json!({"host": DOCKER_SOCK, "nodes": [DOCKER_SOCK]});
+        w.extra_params.insert("context-engines/engine-config".into(), engines);
+        w.start_plugin().await?;
         w.sim.put_context(w.context("here", &manager_only));
         let machines = new_machines(6);
         let services = enter(w, &docker, "here", &machines).await?;
         ensure!(services.values().all(|r| r.node == manager_id), "an agent runs where its image is not: {services:?}");
-        let id = detail["id"].as_str().context("no id")?.trim_start_matches("sha256:").to_string();
-        let wanted = format!("node.labels.drp.image.{}==1", &id[..12]);
+        let wanted = format!("node.labels.{label}==1");
         for service in services.keys() {
             let constraints = constraints(&docker, service).await?;
             ensure!(constraints.contains(&wanted), "service {service} is not constrained to its image: {constraints:?}");
         }
-        let labels = node_labels(&docker).await?;
-        let labelled: Vec<&String> =
-            labels.iter().filter(|(_, l)| l.contains_key(&format!("drp.image.{}", &id[..12]))).map(|(n, _)| n).collect();
-        ensure!(labelled == vec![&manager_id], "the manager-only image's label is on {labelled:?}");
+        let on = labelled(&docker, &label).await?;
+        ensure!(on == vec![manager_id.clone()], "the manager-only image's label is on {on:?}");
         leave(w, &docker, &machines).await?;
 
-        // Pinned by the Context's options: every agent on the worker.
-        let mut pinned = w.context("pinned", &everywhere);
+        // Both nodes known: the first start copies the image to the worker; pinned there
+        // by the Context's options, every agent runs on the worker.
+        w.stop_plugin().await?;
+        w.extra_params.remove("context-engines/engine-config");
+        w.start_plugin().await?;
+        let mut pinned = w.context("pinned", &manager_only);
         pinned["Meta"]["agent-options"] = json!(json!({"placement": {"constraints": ["node.role==worker"]}}).to_string());
         w.sim.put_context(pinned);
         let services = enter(w, &docker, "pinned", &machines).await?;
         ensure!(services.values().all(|r| r.node != manager_id), "a pinned agent runs on the manager: {services:?}");
         let first = services.keys().next().context("no service")?;
         ensure!(constraints(&docker, first).await?.contains(&"node.role==worker".to_string()), "the constraint is not in the spec");
+        let (_, detail) = w.action("imageDetail", json!({"context/image-name": manager_only, "context/engine": "swarm"})).await?;
+        ensure!(holders(&detail) == 2, "the image was not copied to the worker: {detail}");
+        ensure!(labelled(&docker, &label).await?.len() == 2, "the copied image's label is not on both nodes");
         leave(w, &docker, &machines).await?;
-        let (code, _) = w.action("imageRemove", json!({"context/image-name": manager_only, "context/engine": "docker"})).await?;
-        ensure!(code == 200, "imageRemove: {code}");
+        // Swarm removes the exited containers a few seconds after the services; until
+        // then the image is in use.
+        let began = Instant::now();
+        while !w.agents().await?.is_empty() {
+            ensure!(began.elapsed() < SETTLE, "containers left on the nodes: {:?}", w.agents().await?);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let (code, body) = w.action("imageRemove", json!({"context/image-name": manager_only, "context/engine": "swarm"})).await?;
+        ensure!(code == 200, "imageRemove: {code} {body}");
+        let (_, detail) = w.action("imageDetail", json!({"context/image-name": manager_only, "context/engine": "swarm"})).await?;
+        ensure!(detail["exists"] == json!(false) && holders(&detail) == 0, "imageRemove left the image on a node: {detail}");
         Ok(())
     })
     .await
+}
+
+/// How many nodes hold the image, by an `imageDetail` answer.
+fn holders(detail: &Value) -> usize {
+    detail["nodes"].as_array().into_iter().flatten().filter(|n| n["has"] == json!(true)).count()
+}
+
+/// The node label of the image of an `imageDetail` answer.
+fn image_label(detail: &Value) -> anyhow::Result<String> {
+    let id = detail["id"].as_str().context("no id")?.trim_start_matches("sha256:");
+    Ok(format!("drp.image.{}", id.get(..12).context("a short id")?))
+}
+
+/// The ids of the nodes carrying `label`.
+async fn labelled(docker: &Docker, label: &str) -> anyhow::Result<Vec<String>> {
+    Ok(node_labels(docker).await?.into_iter().filter(|(_, l)| l.contains_key(label)).map(|(n, _)| n).collect())
 }
 
 /// The worker dies (SIGKILL to its dockerd and its containers) with agents on it: swarm

@@ -78,6 +78,14 @@ impl RuntimeApiEngine {
         self.client().await
     }
 
+    /// The image `image` (a name or an id) as an archive `image_load` takes, streamed
+    /// as the runtime writes it, under the load's long timeout.
+    pub async fn image_export(&self, image: &str) -> Result<ArchiveStream, EngineError> {
+        let docker = self.client().await?.clone().with_timeout(std::time::Duration::from_secs(LOAD_TIMEOUT_SECS));
+        let stream = docker.export_image(image).map(|chunk| chunk.map_err(std::io::Error::other));
+        Ok(Box::pin(stream))
+    }
+
     async fn client(&self) -> Result<&Docker, EngineError> {
         self.client
             .get_or_try_init(|| async {

@@ -1,7 +1,8 @@
 //! The `swarm` engine: an agent is a Docker Swarm service of one replica, so the swarm
 //! schedules it over its nodes, restarts it, and keeps it when the host that started
 //! it (or the plugin) goes away. Images do not come from a registry: each load goes to
-//! every node listed in `engine-config.swarm.nodes`, from the one stream, in parallel;
+//! every node listed in `engine-config.swarm.nodes`, from the one stream, in parallel,
+//! and a start copies its image from a node that holds it to a listed node that lacks it;
 //! the nodes that hold an image get the node label `drp.image.<id12>=1`, and every
 //! service is constrained to that label, so swarm only places an agent where its image
 //! is. Services name their image by id, which the swarm never tries to pull.
@@ -31,6 +32,8 @@ use crate::engine::{AgentInfo, AgentSpec, ArchiveStream, Engine, EngineError, En
 pub const NAME: &str = "swarm";
 /// How long a removed service's task may take to go.
 const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long after a failed copy of an image to a node no start tries it again.
+const COPY_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 /// Nanoseconds between restarts of an agent that exits.
 const RESTART_DELAY_NS: i64 = 5_000_000_000;
 
@@ -40,6 +43,10 @@ pub struct SwarmEngine {
     manager: RuntimeApiEngine,
     /// Every node images go to (the manager among them when listed).
     nodes: Vec<RuntimeApiEngine>,
+    /// Held while images are copied between nodes, so concurrent starts of one image
+    /// copy it once; it keeps when a copy (image id, node) last failed, so a node that
+    /// refuses an image is not sent it again by every start.
+    spreading: tokio::sync::Mutex<HashMap<(String, String), std::time::Instant>>,
 }
 
 impl SwarmEngine {
@@ -60,7 +67,7 @@ impl SwarmEngine {
             Some(other) => return Err(format!("`nodes` must be a non-empty list of Engine API addresses, not {other}")),
         };
         let nodes = addresses.iter().map(|a| RuntimeApiEngine::new(name, Flavor::Docker, Some(a), timeout)).collect();
-        Ok(SwarmEngine { name: name.to_string(), manager, nodes })
+        Ok(SwarmEngine { name: name.to_string(), manager, nodes, spreading: tokio::sync::Mutex::new(HashMap::new()) })
     }
 
     async fn docker(&self) -> Result<&Docker, EngineError> {
@@ -107,6 +114,37 @@ impl SwarmEngine {
             }
         }
         Ok(nodes)
+    }
+
+    /// Copies the image `id` (named `image`) from a node that holds it to every node of
+    /// `nodes` that answers and lacks it: a node added to the swarm (or back with an
+    /// empty store) gets its images at the next start, with no registry and no archive
+    /// kept. A copy that fails is logged and leaves the node out (the image's label
+    /// keeps agents off it); the start goes on where the image is.
+    async fn spread(&self, image: &str, id: &str) {
+        let mut failed = self.spreading.lock().await;
+        failed.retain(|_, at| at.elapsed() < COPY_RETRY);
+        let mut source = None;
+        let mut lacking = Vec::new();
+        for node in &self.nodes {
+            match node.image_id(id).await {
+                Ok(Some(_)) => source = source.or(Some(node)),
+                Ok(None) if !failed.contains_key(&(id.to_string(), node.host().to_string())) => lacking.push(node),
+                Ok(None) | Err(_) => {}
+            }
+        }
+        let Some(source) = source else { return };
+        for target in lacking {
+            let (from, to) = (source.host(), target.host());
+            let copied = async { target.image_load(image, source.image_export(id).await?).await };
+            match copied.await {
+                Ok(()) => tracing::info!(engine = %self.name, image, from, to, "image copied to a node that lacked it"),
+                Err(e) => {
+                    tracing::warn!(engine = %self.name, image, from, to, "copying the image to a node that lacks it: {e}; retried in {} s", COPY_RETRY.as_secs());
+                    failed.insert((id.to_string(), to.to_string()), std::time::Instant::now());
+                }
+            }
+        }
     }
 
     /// Makes `label` say where the image is: on every node that holds it, off every
@@ -558,9 +596,13 @@ impl Engine for SwarmEngine {
 
     async fn agent_start(&self, spec: &AgentSpec) -> Result<AgentInfo, EngineError> {
         // The image first: a start that cannot happen leaves the running agent alone.
-        let Some((image_id, nodes)) = self.holders(&spec.image).await? else {
+        let Some((image_id, mut nodes)) = self.holders(&spec.image).await? else {
             return Err(EngineError::ImageMissing { engine: self.name.clone(), image: format!("{} (on no node)", spec.image) });
         };
+        if nodes.iter().any(|(_, holds)| !holds) {
+            self.spread(&spec.image, &image_id).await;
+            nodes = self.holders_of(&image_id).await?;
+        }
         self.label_nodes(&image_label(&image_id), &nodes).await?;
         let wanted = self.service_spec(spec, &image_id)?;
         let existing = self.service_named(&spec.name).await?;
