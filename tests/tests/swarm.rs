@@ -111,6 +111,17 @@ async fn enter(w: &World, docker: &Docker, context: &str, machines: &[String]) -
     wait_services(docker, &w.plugin_name, machines.len()).await
 }
 
+/// Waits until no node has a container of the plugin: swarm removes a service's exited
+/// container a few seconds after the service.
+async fn containers_gone(w: &World) -> anyhow::Result<()> {
+    let began = Instant::now();
+    while !w.agents().await?.is_empty() {
+        ensure!(began.elapsed() < SETTLE, "containers left on the nodes: {:?}", w.agents().await?);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
 /// `machines` go away, and with them every service of the plugin.
 async fn leave(w: &World, docker: &Docker, machines: &[String]) -> anyhow::Result<()> {
     for uuid in machines {
@@ -159,11 +170,7 @@ async fn forty_agents_spread_over_both_nodes_and_call_back() {
             })
             .await?;
         leave(w, &docker, &machines).await?;
-        let began = Instant::now();
-        while !w.agents().await?.is_empty() {
-            ensure!(began.elapsed() < SETTLE, "containers left on the nodes: {:?}", w.agents().await?);
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        containers_gone(w).await?;
         Ok(())
     })
     .await
@@ -229,8 +236,8 @@ async fn images_go_to_every_node_and_agents_only_where_their_image_is() {
         let manager_id = manager_node(&docker).await?;
         let everywhere = w.image();
         w.upload("plain.tar", &everywhere).await?;
-        let (code, detail) = w.action("imageDetail", json!({"context/image-name": everywhere, "context/engine": "swarm"})).await?;
-        ensure!(code == 200 && detail["exists"] == json!(true), "{code} {detail}");
+        let detail = image_detail(w, &everywhere).await?;
+        ensure!(detail["exists"] == json!(true), "{detail}");
         ensure!(holders(&detail) == 2, "the image is not on both nodes: {detail}");
         let label = image_label(&detail)?;
         let labels = node_labels(&docker).await?;
@@ -245,7 +252,7 @@ async fn images_go_to_every_node_and_agents_only_where_their_image_is() {
             )
             .await?;
         ensure!(code == 200, "imageUpload into docker: {code} {body}");
-        let (_, detail) = w.action("imageDetail", json!({"context/image-name": manager_only, "context/engine": "swarm"})).await?;
+        let detail = image_detail(w, &manager_only).await?;
         ensure!(detail["exists"] == json!(true) && holders(&detail) == 1, "not on the manager alone: {detail}");
         let label = image_label(&detail)?;
 
@@ -281,24 +288,26 @@ async fn images_go_to_every_node_and_agents_only_where_their_image_is() {
         ensure!(services.values().all(|r| r.node != manager_id), "a pinned agent runs on the manager: {services:?}");
         let first = services.keys().next().context("no service")?;
         ensure!(constraints(&docker, first).await?.contains(&"node.role==worker".to_string()), "the constraint is not in the spec");
-        let (_, detail) = w.action("imageDetail", json!({"context/image-name": manager_only, "context/engine": "swarm"})).await?;
+        let detail = image_detail(w, &manager_only).await?;
         ensure!(holders(&detail) == 2, "the image was not copied to the worker: {detail}");
         ensure!(labelled(&docker, &label).await?.len() == 2, "the copied image's label is not on both nodes");
         leave(w, &docker, &machines).await?;
-        // Swarm removes the exited containers a few seconds after the services; until
-        // then the image is in use.
-        let began = Instant::now();
-        while !w.agents().await?.is_empty() {
-            ensure!(began.elapsed() < SETTLE, "containers left on the nodes: {:?}", w.agents().await?);
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        // Until swarm has removed the exited containers, the image is in use.
+        containers_gone(w).await?;
         let (code, body) = w.action("imageRemove", json!({"context/image-name": manager_only, "context/engine": "swarm"})).await?;
         ensure!(code == 200, "imageRemove: {code} {body}");
-        let (_, detail) = w.action("imageDetail", json!({"context/image-name": manager_only, "context/engine": "swarm"})).await?;
+        let detail = image_detail(w, &manager_only).await?;
         ensure!(detail["exists"] == json!(false) && holders(&detail) == 0, "imageRemove left the image on a node: {detail}");
         Ok(())
     })
     .await
+}
+
+/// The swarm engine's `imageDetail` of `image`.
+async fn image_detail(w: &World, image: &str) -> anyhow::Result<Value> {
+    let (code, detail) = w.action("imageDetail", json!({"context/image-name": image, "context/engine": "swarm"})).await?;
+    ensure!(code == 200, "imageDetail of {image}: {code} {detail}");
+    Ok(detail)
 }
 
 /// How many nodes hold the image, by an `imageDetail` answer.

@@ -276,16 +276,21 @@ impl SwarmEngine {
         Ok(true)
     }
 
+    /// The tasks of one service (`service`: its name or id), as the manager has them.
+    async fn service_tasks(&self, service: &str) -> Result<Vec<Task>, EngineError> {
+        let docker = self.docker().await?;
+        let filters = HashMap::from([("service", vec![service.to_string()])]);
+        let tasks = docker.list_tasks(Some(ListTasksOptionsBuilder::new().filters(&filters).build())).await;
+        tasks.map_err(|e| self.manager.error(e))
+    }
+
     /// Waits until swarm has placed service `id`'s task and started it: true once it
     /// runs, false when it ran and ended already (its restart policy takes it from
     /// there); a task swarm cannot place or start fails the start with swarm's reason.
     async fn first_task(&self, name: &str, id: &str) -> Result<bool, EngineError> {
-        let docker = self.docker().await?;
         let began = std::time::Instant::now();
         loop {
-            let filters = HashMap::from([("service", vec![id.to_string()])]);
-            let tasks = docker.list_tasks(Some(ListTasksOptionsBuilder::new().filters(&filters).build())).await;
-            let tasks = tasks.map_err(|e| self.manager.error(e))?;
+            let tasks = self.service_tasks(id).await?;
             let status = tasks.iter().filter_map(|t| t.status.as_ref()).map(|s| (s.state, s.err.clone().or(s.message.clone())));
             let mut last = None;
             for (state, message) in status {
@@ -417,17 +422,15 @@ fn hosts_entry(entry: &str) -> String {
 /// and the host replaces it; an agent being moved off a lost node is not, and replacing
 /// it would only race swarm.
 fn alive(tasks: &[Task]) -> bool {
-    let state = |t: &Task| t.status.as_ref().and_then(|s| s.state);
-    if tasks.iter().any(|t| state(t) == Some(TaskState::RUNNING) && t.desired_state == Some(TaskState::RUNNING)) {
+    if tasks.iter().any(|t| task_state(t) == Some(TaskState::RUNNING) && t.desired_state == Some(TaskState::RUNNING)) {
         return true;
     }
-    let created = |t: &Task| t.created_at.as_deref().and_then(|c| humantime::parse_rfc3339_weak(c).ok());
     let mut newest: Vec<&Task> = tasks.iter().collect();
-    newest.sort_by_key(|t| std::cmp::Reverse(created(t)));
+    newest.sort_by_key(|t| std::cmp::Reverse(task_created(t)));
     let Some(next) = newest.first() else { return false };
     let coming = matches!(next.desired_state, Some(TaskState::RUNNING | TaskState::READY))
         && matches!(
-            state(next),
+            task_state(next),
             Some(
                 TaskState::NEW
                     | TaskState::ALLOCATED
@@ -442,16 +445,28 @@ fn alive(tasks: &[Task]) -> bool {
     let placeable = !unplaceable(next.status.as_ref().and_then(|s| s.err.as_deref()));
     coming
         && placeable
-        && !newest.get(1).is_some_and(|before| matches!(state(before), Some(TaskState::COMPLETE | TaskState::FAILED | TaskState::REJECTED)))
+        && !newest
+            .get(1)
+            .is_some_and(|before| matches!(task_state(before), Some(TaskState::COMPLETE | TaskState::FAILED | TaskState::REJECTED)))
 }
 
 /// The task whose container `agentLogs` shows: the running one, else the newest that
 /// got a container.
 fn shown_task(tasks: &[Task]) -> Option<&Task> {
-    let state = |t: &Task| t.status.as_ref().and_then(|s| s.state);
-    let has_container = |t: &&Task| t.status.as_ref().and_then(|s| s.container_status.as_ref()?.container_id.as_ref()).is_some();
-    let created = |t: &&Task| t.created_at.as_deref().and_then(|c| humantime::parse_rfc3339_weak(c).ok());
-    tasks.iter().filter(has_container).max_by_key(|t| (state(t) == Some(TaskState::RUNNING), created(t)))
+    tasks.iter().filter(|t| container_of(t).is_some()).max_by_key(|t| (task_state(t) == Some(TaskState::RUNNING), task_created(t)))
+}
+
+fn task_state(task: &Task) -> Option<TaskState> {
+    task.status.as_ref()?.state
+}
+
+fn task_created(task: &Task) -> Option<std::time::SystemTime> {
+    humantime::parse_rfc3339_weak(task.created_at.as_deref()?).ok()
+}
+
+/// The id of the task's container, once a node has created one.
+fn container_of(task: &Task) -> Option<&str> {
+    task.status.as_ref()?.container_status.as_ref()?.container_id.as_deref()
 }
 
 /// Whether a pending task's error is the scheduler's "no suitable node (…)".
@@ -644,17 +659,13 @@ impl Engine for SwarmEngine {
     /// holds it; every node that can run an agent is one of `nodes`, since agents only go
     /// where their image was loaded.
     async fn agent_logs(&self, name: &str, lines: u32) -> Result<Vec<String>, EngineError> {
-        let docker = self.docker().await?;
-        let filters = HashMap::from([("service", vec![name.to_string()])]);
-        let tasks = docker.list_tasks(Some(ListTasksOptionsBuilder::new().filters(&filters).build())).await;
-        let tasks = tasks.map_err(|e| self.manager.error(e))?;
-        let container = shown_task(&tasks).and_then(|t| t.status.as_ref()?.container_status.as_ref()?.container_id.clone());
-        let Some(container) = container else {
+        let tasks = self.service_tasks(name).await?;
+        let Some(container) = shown_task(&tasks).and_then(container_of) else {
             return Err(self.rejected(format!("service {name} has no container on any node")));
         };
         let mut unreachable = None;
         for node in &self.nodes {
-            match node.agent_logs(&container, lines).await {
+            match node.agent_logs(container, lines).await {
                 Ok(lines) => return Ok(lines),
                 Err(EngineError::Rejected { .. }) => continue,
                 Err(e) => unreachable = Some(e),
@@ -729,7 +740,7 @@ mod tests {
                 container.map(|id| bollard::models::ContainerStatus { container_id: Some(id.into()), ..Default::default() });
             task
         };
-        let shown = |tasks: &[Task]| shown_task(tasks).and_then(|t| t.status.as_ref()?.container_status.as_ref()?.container_id.clone());
+        let shown = |tasks: &[Task]| shown_task(tasks).and_then(container_of).map(str::to_string);
         assert_eq!(shown(&[t("01", FAILED, Some("a")), t("05", RUNNING, Some("b")), t("09", FAILED, Some("c"))]), Some("b".into()));
         assert_eq!(shown(&[t("01", FAILED, Some("a")), t("09", COMPLETE, Some("c")), t("05", FAILED, Some("b"))]), Some("c".into()));
         assert_eq!(shown(&[t("01", FAILED, Some("a")), t("09", PENDING, None)]), Some("a".into()), "a task not started has no logs");
